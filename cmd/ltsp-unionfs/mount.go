@@ -1,0 +1,212 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/unionfs"
+)
+
+// maxWrite is the largest FUSE request: 1016 KiB, not 1 MiB, because a 1 MiB read plus the reply header does not
+// fit the default 1 MiB pipe and go-fuse would fall back from splice on every full-size read.
+const maxWrite = 1016 << 10
+
+// runMount mounts the union o describes: through the background daemon, or in this process with --foreground
+// or when this process is that daemon (notify is then its readiness pipe). A foreground process started with the
+// readiness pipe reports on it too but keeps logging to stderr: that is how tests and service managers can wait
+// for the mount.
+func runMount(o *mountOptions, notify *notifier) error {
+	if !o.foreground && notify == nil {
+		return runBackground()
+	}
+	logw := &logWriter{w: os.Stderr}
+	logger := newLogger(logw)
+	for _, n := range o.notes {
+		logger.Print(n)
+	}
+
+	layers, err := unionfs.OpenLayers(o.upper, o.lowers)
+	if err != nil {
+		return withCode(exitLayer, err)
+	}
+	mnt, err := checkMountPoint(o.mountpoint, layers)
+	if err != nil {
+		layers.Close()
+		return withCode(exitMountPoint, err)
+	}
+	cfg := unionfs.DefaultConfig()
+	cfg.Logger = logger
+	cfg.Debug = o.debug
+	cfg.ReadOnly = o.readOnly
+	if o.entryTimeout >= 0 {
+		cfg.EntryTimeout = o.entryTimeout
+	}
+	if o.attrTimeout >= 0 {
+		cfg.AttrTimeout = o.attrTimeout
+	}
+	if o.negTimeout >= 0 {
+		cfg.NegativeTimeout = o.negTimeout
+	}
+	cfg.MountOptions = fuseMountOptions(o, logger)
+	root, err := unionfs.New(layers, cfg)
+	if err != nil {
+		layers.Close()
+		return err
+	}
+	server, err := unionfs.Mount(mnt, root)
+	if err != nil {
+		layers.Close()
+		return withCode(exitMount, fmt.Errorf("cannot mount on %s: %w", mnt, mountErrorHint(err)))
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	go func() {
+		for s := range sigs {
+			logger.Printf("%v: unmounting %s", s, mnt)
+			unmount(server, mnt, logger)
+		}
+	}()
+
+	if notify != nil {
+		notify.ready()
+		if !o.foreground {
+			detach(logw)
+		}
+	}
+	logger.Printf("mounted %s", describeUnion(mnt, layers))
+	server.Wait()
+	logger.Printf("unmounted %s", mnt)
+	return nil
+}
+
+// fuseMountOptions turns the command's options into go-fuse's. As root the daemon mounts with mount(2) itself
+// (fusermount3 is gone after switch_root) with the defaults a root filesystem needs; as another user it uses
+// fusermount3, which refuses suid and dev.
+func fuseMountOptions(o *mountOptions, logger interface{ Printf(string, ...any) }) fuse.MountOptions {
+	root := os.Geteuid() == 0
+	mo := fuse.MountOptions{
+		Name:              "ltsp-unionfs",
+		FsName:            o.fsname,
+		AllowOther:        o.allowOther || root,
+		MaxWrite:          maxWrite,
+		DirectMountStrict: root,
+		// Kernel-local locks: the union serves one machine, and NFS lowers are mounted nolock anyway.
+		EnableLocks: false,
+	}
+	if mo.FsName == "" {
+		mo.FsName = "ltsp-unionfs"
+	}
+	mo.Options = append(mo.Options, "default_permissions")
+	if o.suid.or(root) {
+		mo.Options = append(mo.Options, "suid")
+	} else {
+		mo.Options = append(mo.Options, "nosuid")
+	}
+	if o.dev.or(root) {
+		mo.Options = append(mo.Options, "dev")
+	} else {
+		mo.Options = append(mo.Options, "nodev")
+	}
+	if !o.exec.or(true) {
+		mo.Options = append(mo.Options, "noexec")
+	}
+	if o.readOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	if root {
+		// With DirectMountFlags set, go-fuse starts from these flags instead of MS_NOSUID|MS_NODEV; MS_MGC_VAL
+		// is the kernel's "no flags" marker and makes the value non-zero.
+		mo.DirectMountFlags = unix.MS_MGC_VAL
+		if o.noatime {
+			mo.DirectMountFlags |= unix.MS_NOATIME
+		}
+	} else if o.noatime {
+		mo.Options = append(mo.Options, "noatime")
+	}
+	return mo
+}
+
+// mountErrorHint adds what to do to the common mount failures.
+func mountErrorHint(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT) && !fileExists("/dev/fuse"):
+		return fmt.Errorf("%w (no /dev/fuse: load the fuse module with modprobe fuse)", err)
+	case errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%w (mounting needs root, or fusermount3 for other users)", err)
+	}
+	return err
+}
+
+// describeUnion names a mounted union's layers for the log.
+func describeUnion(mnt string, layers *unionfs.Layers) string {
+	s := mnt + ": upper " + layers.Upper().Path + ", lower"
+	for _, l := range layers.Lowers() {
+		s += " " + l.Path
+	}
+	return s
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// checkMountPoint resolves the mount point and checks that it is a directory outside the upper layer. Mounting on
+// a lower layer (ro=/sysroot ... /sysroot) is allowed: the daemon holds the lower open from before the mount.
+func checkMountPoint(p string, layers *unionfs.Layers) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("mount point %s cannot be resolved: %w", p, err)
+	}
+	if resolved, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = resolved
+	}
+	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return "", fmt.Errorf("mount point %s does not exist", abs)
+		}
+		return "", fmt.Errorf("mount point %s cannot be opened: %w", abs, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := sysx.Fstat(fd, &st); err != nil {
+		return "", fmt.Errorf("mount point %s cannot be examined: %w", abs, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return "", fmt.Errorf("mount point %s is not a directory", abs)
+	}
+	if layers.Upper().Contains(fd) {
+		return "", fmt.Errorf("mount point %s lies inside the upper layer %s: the union would hide its own upper layer",
+			abs, layers.Upper().Path)
+	}
+	return abs, nil
+}
+
+// unmount unmounts the union after a signal. A mount still in use is detached lazily: it disappears from the
+// namespace at once and the daemon serves the remaining users until they are gone.
+func unmount(server *fuse.Server, mnt string, logger interface{ Printf(string, ...any) }) {
+	err := server.Unmount()
+	if err == nil {
+		return
+	}
+	logger.Printf("unmounting %s: %v; detaching it lazily", mnt, err)
+	if os.Geteuid() == 0 {
+		err = unix.Unmount(mnt, unix.MNT_DETACH)
+	} else {
+		err = exec.Command("fusermount3", "-u", "-z", mnt).Run()
+	}
+	if err != nil {
+		logger.Printf("detaching %s: %v", mnt, err)
+	}
+}

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// mountOptions is everything the command line says about one mount.
+type mountOptions struct {
+	foreground bool
+	debug      bool
+
+	lowers     []string // lower layer paths, topmost first
+	upper      string   // upper layer path
+	workdir    string   // overlayfs's workdir= (accepted; not needed)
+	mountpoint string
+	fsname     string // the mount's source as df(1) and /proc/mounts show it
+
+	allowOther   bool
+	suid, dev    optBool // unset: the default for the daemon's privileges
+	exec         optBool
+	readOnly     bool
+	noatime      bool
+	entryTimeout time.Duration
+	attrTimeout  time.Duration
+	negTimeout   time.Duration
+
+	notes []string // one log line per option accepted without effect
+}
+
+// optBool is an on/off mount option pair (suid/nosuid) whose unset state means "the default".
+type optBool int8
+
+const (
+	optUnset optBool = iota
+	optOn
+	optOff
+)
+
+// or returns the option's value, or def if it is unset.
+func (b optBool) or(def bool) bool {
+	switch b {
+	case optOn:
+		return true
+	case optOff:
+		return false
+	}
+	return def
+}
+
+// optSpec describes one mount option. Every option is accepted in -o lists and as a long flag of the same name.
+type optSpec struct {
+	name    string
+	metavar string // for options that take a value; "" for flags
+	help    string
+	apply   func(o *mountOptions, value string) error
+}
+
+// noValue is what the flag of a valueless option receives when given without "=value".
+const noValue = "\x00"
+
+func flagOpt(name, help string, apply func(o *mountOptions, on bool)) optSpec {
+	return optSpec{name: name, help: help, apply: func(o *mountOptions, v string) error {
+		switch v {
+		case noValue, "true":
+			apply(o, true)
+		case "false":
+			apply(o, false)
+		default:
+			if name == "ro" || name == "rw" {
+				return usageErrorf("mount option %s=%s: in -o lists layers are lowerdir=DIR and upperdir=DIR "+
+					"(ro and rw are the read-only and read-write flags)", name, v)
+			}
+			return usageErrorf("mount option %s takes no value (got %s=%s)", name, name, v)
+		}
+		return nil
+	}}
+}
+
+// onOff sets an option pair: on for the positive name, off for the negative one.
+func onOff(b *optBool, on bool) {
+	if on {
+		*b = optOn
+	} else {
+		*b = optOff
+	}
+}
+
+func valueOpt(name, metavar, help string, apply func(o *mountOptions, v string) error) optSpec {
+	return optSpec{name: name, metavar: metavar, help: help, apply: func(o *mountOptions, v string) error {
+		if v == noValue {
+			return usageErrorf("mount option %s needs a value: %s=%s", name, name, metavar)
+		}
+		return apply(o, v)
+	}}
+}
+
+// ignoredOpt is an option mount(8), mount.fuse3, systemd or libfuse pass that means nothing to this daemon.
+func ignoredOpt(name string) optSpec {
+	return optSpec{name: name, help: "accepted and ignored (a mount(8) or systemd option)", apply: func(*mountOptions, string) error {
+		return nil
+	}}
+}
+
+// overlayOpt is an overlayfs option accepted so that an overlayfs fstab line works by changing only the type.
+func overlayOpt(name, note string) optSpec {
+	return optSpec{name: name, metavar: "VALUE", help: "overlayfs option: " + note, apply: func(o *mountOptions, v string) error {
+		o.notes = append(o.notes, fmt.Sprintf("mount option %s: %s", name, note))
+		return nil
+	}}
+}
+
+func timeoutOpt(name, what string, dst func(o *mountOptions) *time.Duration) optSpec {
+	return valueOpt(name, "SECONDS", "how long the kernel may cache "+what+" (default 3600)", func(o *mountOptions, v string) error {
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil || secs < 0 || secs > 1e9 {
+			return usageErrorf("mount option %s=%s: want a number of seconds", name, v)
+		}
+		*dst(o) = time.Duration(secs * float64(time.Second))
+		return nil
+	})
+}
+
+// mountOptionSpecs lists every mount option.
+var mountOptionSpecs = []optSpec{
+	valueOpt("lowerdir", "DIR[:DIR...]", "read-only layers, topmost first (as ro=)", func(o *mountOptions, v string) error {
+		return o.addLowers(v, "lowerdir")
+	}),
+	valueOpt("upperdir", "DIR", "the writable layer (as rw=)", func(o *mountOptions, v string) error {
+		return o.setUpper(v, "upperdir")
+	}),
+	valueOpt("workdir", "DIR", "overlayfs's work directory: accepted, not needed", func(o *mountOptions, v string) error {
+		o.workdir = v
+		return nil
+	}),
+	flagOpt("allow_other", "let every user use the mount (default as root)", func(o *mountOptions, on bool) { o.allowOther = on }),
+	flagOpt("default_permissions", "let the kernel check permissions (always on)", func(*mountOptions, bool) {}),
+	flagOpt("suid", "honour setuid bits (default as root)", func(o *mountOptions, on bool) { onOff(&o.suid, on) }),
+	flagOpt("nosuid", "ignore setuid bits", func(o *mountOptions, on bool) { onOff(&o.suid, !on) }),
+	flagOpt("dev", "allow device files (default as root)", func(o *mountOptions, on bool) { onOff(&o.dev, on) }),
+	flagOpt("nodev", "refuse access to device files", func(o *mountOptions, on bool) { onOff(&o.dev, !on) }),
+	flagOpt("exec", "allow executing files (default)", func(o *mountOptions, on bool) { onOff(&o.exec, on) }),
+	flagOpt("noexec", "refuse executing files", func(o *mountOptions, on bool) { onOff(&o.exec, !on) }),
+	flagOpt("ro", "mount read-only", func(o *mountOptions, on bool) { o.readOnly = on }),
+	flagOpt("rw", "mount read-write (default)", func(o *mountOptions, on bool) { o.readOnly = !on }),
+	flagOpt("noatime", "do not update access times", func(o *mountOptions, on bool) { o.noatime = on }),
+	flagOpt("atime", "update access times (default, relatime)", func(o *mountOptions, on bool) { o.noatime = !on }),
+	flagOpt("relatime", "update access times relative to mtime (default)", func(o *mountOptions, on bool) { o.noatime = !on }),
+	valueOpt("fsname", "NAME", "the source name df(1) and /proc/mounts show", func(o *mountOptions, v string) error {
+		o.fsname = v
+		return nil
+	}),
+	valueOpt("subtype", "NAME", "accepted; the type is always fuse.ltsp-unionfs", func(o *mountOptions, v string) error {
+		if v != "ltsp-unionfs" {
+			o.notes = append(o.notes, "mount option subtype="+v+": ignored, the type is fuse.ltsp-unionfs")
+		}
+		return nil
+	}),
+	timeoutOpt("entry_timeout", "names", func(o *mountOptions) *time.Duration { return &o.entryTimeout }),
+	timeoutOpt("attr_timeout", "attributes", func(o *mountOptions) *time.Duration { return &o.attrTimeout }),
+	timeoutOpt("negative_timeout", "absent names", func(o *mountOptions) *time.Duration { return &o.negTimeout }),
+	overlayOpt("redirect_dir", "directory renames are always possible; the value is ignored"),
+	overlayOpt("index", "ignored: hard links split by copy-up are a documented limit"),
+	overlayOpt("metacopy", "ignored: metadata-only copy-up is always used"),
+	overlayOpt("xino", "ignored: inode numbers are always unique across layers"),
+	overlayOpt("uuid", "ignored"),
+	overlayOpt("nfs_export", "ignored: NFS export of the union is not supported"),
+	ignoredOpt("nofail"),
+	ignoredOpt("_netdev"),
+	ignoredOpt("defaults"),
+	ignoredOpt("auto"),
+	ignoredOpt("noauto"),
+	ignoredOpt("user"),
+	ignoredOpt("users"),
+	ignoredOpt("nouser"),
+	ignoredOpt("owner"),
+	ignoredOpt("group"),
+	ignoredOpt("async"),
+	ignoredOpt("nonempty"),
+}
+
+// isIgnoredOptionName reports whether an option that has no flag of its own is still accepted: mount(8)'s
+// comment= and the x-* options it normally withholds from helpers.
+func isIgnoredOptionName(name string) bool {
+	return strings.HasPrefix(name, "x-") || name == "comment"
+}
+
+// optValue adapts an optSpec to pflag, so that each option is a long flag too.
+type optValue struct {
+	spec *optSpec
+	o    *mountOptions
+}
+
+func (v *optValue) String() string { return "" }
+func (v *optValue) Type() string {
+	if v.spec.metavar == "" {
+		return "bool"
+	}
+	return v.spec.metavar
+}
+func (v *optValue) Set(s string) error {
+	return v.spec.apply(v.o, s)
+}
+
+// addMountFlags registers every mount option as a long flag of fs, writing into o.
+func addMountFlags(fs *pflag.FlagSet, o *mountOptions) {
+	for i := range mountOptionSpecs {
+		spec := &mountOptionSpecs[i]
+		f := fs.VarPF(&optValue{spec: spec, o: o}, spec.name, "", spec.help)
+		if spec.metavar == "" {
+			f.NoOptDefVal = "true"
+		}
+	}
+}
+
+// normalizeOptionName lets long flags be written with dashes or underscores: --allow-other is --allow_other.
+func normalizeOptionName(f *pflag.FlagSet, name string) pflag.NormalizedName {
+	return pflag.NormalizedName(strings.ReplaceAll(name, "-", "_"))
+}
+
+// applyOptionList applies one -o argument: comma-separated options, each NAME or NAME=VALUE. A comma or
+// backslash inside a value is written with a backslash before it.
+func applyOptionList(fs *pflag.FlagSet, list string) error {
+	for _, item := range splitEscaped(list, ',') {
+		if item == "" {
+			continue
+		}
+		name, value, hasValue := strings.Cut(item, "=")
+		name = strings.ReplaceAll(name, "-", "_")
+		if isIgnoredOptionName(name) {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil || !isMountOption(name) {
+			return usageErrorf("unknown mount option %q (see --help for the list)", name)
+		}
+		if !hasValue {
+			value = noValue
+		}
+		if err := f.Value.Set(value); err != nil {
+			return err
+		}
+		f.Changed = true
+	}
+	return nil
+}
+
+// isMountOption reports whether name is a mount option rather than a command flag such as --foreground.
+func isMountOption(name string) bool {
+	for _, s := range mountOptionSpecs {
+		if s.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// splitEscaped splits s at sep, treating a backslash as escaping the next character.
+func splitEscaped(s string, sep byte) []string {
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+		case c == sep:
+			parts = append(parts, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	return append(parts, cur.String())
+}
+
+// addLowers appends the colon-separated lower layer list v, given by what (ro= or lowerdir=).
+func (o *mountOptions) addLowers(v, what string) error {
+	for _, p := range splitEscaped(v, ':') {
+		if p == "" {
+			return usageErrorf("%s=%s: empty layer path", what, v)
+		}
+		o.lowers = append(o.lowers, p)
+	}
+	return nil
+}
+
+// setUpper sets the upper layer, given by what (rw= or upperdir=); it may be given once.
+func (o *mountOptions) setUpper(v, what string) error {
+	if v == "" {
+		return usageErrorf("%s=: empty layer path", what)
+	}
+	if o.upper != "" && o.upper != v {
+		return usageErrorf("the upper layer is given twice (%s and %s): there is one writable layer", o.upper, v)
+	}
+	o.upper = v
+	return nil
+}
+
+// optionNames returns the names of all mount options, sorted, for the help text.
+func optionNames() string {
+	var names []string
+	for _, s := range mountOptionSpecs {
+		if s.metavar != "" {
+			names = append(names, s.name+"="+s.metavar)
+		} else {
+			names = append(names, s.name)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}

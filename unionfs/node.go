@@ -1,0 +1,268 @@
+package unionfs
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// layerDir is a directory of the merged view as one layer has it.
+type layerDir struct {
+	layer    *Layer
+	fd       int              // O_PATH descriptor; -1 when the directory is a mount point in its layer
+	dev, ino uint64           // identity of the directory in its layer
+	opacity  whiteout.Opacity // only computed where a lower layer lies below; Transparent otherwise
+	st       *unix.Stat_t     // attributes, kept only for mount points (fd == -1)
+}
+
+// fdSet owns descriptors and closes them once. It is separate from Node so that a node go-fuse discards (it
+// registers only the first of two racing lookups of one object) closes its descriptors when collected.
+type fdSet struct {
+	mu     sync.Mutex
+	fds    []int // protected by mu
+	closed bool  // protected by mu
+}
+
+func (s *fdSet) add(fd int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		unix.Close(fd)
+		return
+	}
+	s.fds = append(s.fds, fd)
+}
+
+func (s *fdSet) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for _, fd := range s.fds {
+		unix.Close(fd)
+	}
+	s.fds = nil
+}
+
+// Node is a file or directory of the merged view.
+type Node struct {
+	fs.Inode
+
+	root *Root // immutable
+
+	mu    sync.RWMutex
+	dirs  []layerDir // directories: the layer stack, topmost first; never empty; protected by mu
+	layer *Layer     // non-directories: the layer holding the object; protected by mu
+	owned *fdSet     // descriptors of dirs; immutable pointer
+}
+
+var (
+	_ fs.NodeLookuper       = (*Node)(nil)
+	_ fs.NodeGetattrer      = (*Node)(nil)
+	_ fs.NodeReadlinker     = (*Node)(nil)
+	_ fs.NodeStatfser       = (*Node)(nil)
+	_ fs.NodeOpener         = (*Node)(nil)
+	_ fs.NodeOpendirHandler = (*Node)(nil)
+	_ fs.NodeGetxattrer     = (*Node)(nil)
+	_ fs.NodeListxattrer    = (*Node)(nil)
+	_ fs.NodeOnForgetter    = (*Node)(nil)
+	_ fs.NodeAccesser       = (*Node)(nil)
+	_ fs.NodeCreater        = (*Node)(nil)
+	_ fs.NodeMkdirer        = (*Node)(nil)
+	_ fs.NodeMknoder        = (*Node)(nil)
+	_ fs.NodeSymlinker      = (*Node)(nil)
+	_ fs.NodeLinker         = (*Node)(nil)
+	_ fs.NodeUnlinker       = (*Node)(nil)
+	_ fs.NodeRmdirer        = (*Node)(nil)
+	_ fs.NodeRenamer        = (*Node)(nil)
+	_ fs.NodeSetattrer      = (*Node)(nil)
+	_ fs.NodeSetxattrer     = (*Node)(nil)
+	_ fs.NodeRemovexattrer  = (*Node)(nil)
+	_ fs.NodeCopyFileRanger = (*Node)(nil)
+)
+
+// newDirNode makes a node for a directory with the given layer stack, whose descriptors it takes over.
+func (r *Root) newDirNode(dirs []layerDir) *Node {
+	n := &Node{root: r, dirs: dirs, owned: &fdSet{}}
+	for _, d := range dirs {
+		if d.fd >= 0 {
+			n.owned.fds = append(n.owned.fds, d.fd)
+		}
+	}
+	// A node that go-fuse never registers is never forgotten: close its descriptors when it is collected.
+	runtime.AddCleanup(n, func(s *fdSet) { s.close() }, n.owned)
+	return n
+}
+
+// newFileNode makes a node for a non-directory living in layer l.
+func (r *Root) newFileNode(l *Layer) *Node {
+	return &Node{root: r, layer: l}
+}
+
+// OnForget is called when the kernel has forgotten the node: its directory descriptors are closed.
+func (n *Node) OnForget() {
+	if n.owned != nil {
+		n.mu.Lock()
+		n.dirs = nil
+		n.mu.Unlock()
+		n.owned.close()
+	}
+}
+
+// isDir reports whether n is a directory.
+func (n *Node) isDir() bool {
+	return n.StableAttr().Mode == syscall.S_IFDIR
+}
+
+// stack returns a snapshot of a directory's layer stack; nil once the node is forgotten.
+func (n *Node) stack() []layerDir {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.dirs
+}
+
+// holder returns the layer holding a non-directory.
+func (n *Node) holder() *Layer {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.layer
+}
+
+// location returns the directory descriptor and name through which the non-directory n is reached in its layer.
+// It fails with ESTALE when n is no longer linked into the tree (deleted while open) or its parent no longer has a
+// directory in n's layer.
+func (n *Node) location() (dirfd int, name string, errno syscall.Errno) {
+	name, parent := n.Parent()
+	if parent == nil {
+		return -1, "", syscall.ESTALE
+	}
+	pn, ok := parent.Operations().(interface{ unionNode() *Node })
+	if !ok {
+		return -1, "", syscall.ESTALE
+	}
+	l := n.holder()
+	for _, d := range pn.unionNode().stack() {
+		if d.layer == l {
+			if d.fd < 0 {
+				return -1, "", syscall.ESTALE
+			}
+			return d.fd, name, 0
+		}
+	}
+	return -1, "", syscall.ESTALE
+}
+
+// unionNode gives access to the Node embedded in a Root or used directly.
+func (n *Node) unionNode() *Node { return n }
+
+// statSelf stats the object n stands for: the topmost directory of its stack, or the non-directory in its layer.
+func (n *Node) statSelf(st *unix.Stat_t) (layer *Layer, merged bool, errno syscall.Errno) {
+	if n.isDir() {
+		dirs := n.stack()
+		if dirs == nil {
+			return nil, false, syscall.ESTALE
+		}
+		top := dirs[0]
+		if top.fd < 0 {
+			*st = *top.st
+		} else if err := sysx.Fstat(top.fd, st); err != nil {
+			return nil, false, toErrno(err)
+		}
+		return top.layer, len(dirs) > 1, 0
+	}
+	dirfd, name, errno := n.location()
+	if errno != 0 {
+		return nil, false, errno
+	}
+	if err := sysx.Fstatat(dirfd, name, st); err != nil {
+		return nil, false, toErrno(err)
+	}
+	return n.holder(), false, 0
+}
+
+// fillAttr fills out from st for the union object with inode number ino. merged says whether it is a directory
+// merged from several layers.
+func fillAttr(out *fuse.Attr, st *unix.Stat_t, ino uint64, merged bool) {
+	out.Ino = ino
+	out.Size = uint64(st.Size)
+	out.Blocks = uint64(st.Blocks)
+	out.Atime, out.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+	out.Mtime, out.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+	out.Ctime, out.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
+	out.Mode = st.Mode
+	out.Nlink = uint32(st.Nlink)
+	out.Uid, out.Gid = st.Uid, st.Gid
+	out.Rdev = uint32(st.Rdev)
+	out.Blksize = uint32(st.Blksize)
+	if merged {
+		// overlayfs reports 1 for merged directories: counting subdirectories of every layer is not worth it,
+		// and 1 tells find(1) and friends not to rely on the link count.
+		out.Nlink = 1
+	}
+}
+
+// Getattr - FUSE call. Reports the attributes of the topmost object, with the union's inode number.
+func (n *Node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if fh, ok := f.(*file); ok {
+		var st unix.Stat_t
+		if err := sysx.Fstat(fh.fd, &st); err != nil {
+			return toErrno(err)
+		}
+		fillAttr(&out.Attr, &st, n.StableAttr().Ino, false)
+		return 0
+	}
+	var st unix.Stat_t
+	_, merged, errno := n.statSelf(&st)
+	if errno != 0 {
+		return errno
+	}
+	fillAttr(&out.Attr, &st, n.StableAttr().Ino, merged)
+	return 0
+}
+
+// Access - FUSE call. The mount uses default_permissions, so the kernel checks permissions itself and never sends
+// ACCESS; were it sent (a mount without default_permissions), the answer is the kernel's own check on the
+// attributes, which go-fuse's default would only approximate.
+func (n *Node) Access(ctx context.Context, mask uint32) syscall.Errno {
+	return 0
+}
+
+// Readlink - FUSE call.
+func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	dirfd, name, errno := n.location()
+	if errno != 0 {
+		return nil, errno
+	}
+	target, err := sysx.Readlinkat(dirfd, name)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	return target, 0
+}
+
+// Statfs - FUSE call. Reports the upper layer's filesystem: its free space is what new files and copies can use.
+func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(n.root.layers.Upper().fd, &st); err != nil {
+		return toErrno(err)
+	}
+	out.Blocks = st.Blocks
+	out.Bfree = st.Bfree
+	out.Bavail = st.Bavail
+	out.Files = st.Files
+	out.Ffree = st.Ffree
+	out.Bsize = uint32(st.Bsize)
+	out.NameLen = uint32(st.Namelen)
+	out.Frsize = uint32(st.Frsize)
+	return 0
+}

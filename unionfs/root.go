@@ -1,0 +1,135 @@
+package unionfs
+
+import (
+	"fmt"
+	"log"
+	"sync/atomic"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// Config holds the mount-wide settings of a union. The zero value is not useful; start from DefaultConfig.
+type Config struct {
+	// EntryTimeout, AttrTimeout and NegativeTimeout say how long the kernel may cache names, attributes and
+	// absent names (flags --entry-timeout, --attr-timeout, --negative-timeout). Every change goes through the
+	// daemon, which tells the kernel what it changed, so long timeouts are safe.
+	EntryTimeout, AttrTimeout, NegativeTimeout time.Duration
+
+	// ReadOnly refuses every change with EROFS (mount option ro).
+	ReadOnly bool
+
+	// Logger receives diagnostics: unexpected errors of layer filesystems, and with Debug every FUSE request.
+	Logger *log.Logger
+	// Debug logs every FUSE request and reply (flag --debug).
+	Debug bool
+
+	// MountOptions are passed to go-fuse: permissions, allow_other, suid and dev, the FUSE device name. See
+	// package main for what ltsp-unionfs sets.
+	MountOptions fuse.MountOptions
+}
+
+// DefaultConfig returns the settings ltsp-unionfs mounts with unless told otherwise.
+func DefaultConfig() Config {
+	return Config{
+		EntryTimeout:    time.Hour,
+		AttrTimeout:     time.Hour,
+		NegativeTimeout: time.Hour,
+		Logger:          log.New(log.Writer(), "ltsp-unionfs: ", 0),
+	}
+}
+
+// Root is the root directory of a union and holds the mount-wide state.
+type Root struct {
+	Node
+
+	layers *Layers // immutable
+	inos   *inoMap // union inode numbers
+	cfg    Config  // immutable
+	rootID uint64  // inode number of the root directory
+
+	lastLog atomic.Int64 // Unix second of the last logged layer error
+}
+
+// New makes the root of a union of layers. The union takes over the layers' descriptors.
+func New(layers *Layers, cfg Config) (*Root, error) {
+	r := &Root{layers: layers, inos: newInoMap(), cfg: cfg}
+	if r.cfg.Logger == nil {
+		r.cfg.Logger = log.New(log.Writer(), "ltsp-unionfs: ", 0)
+	}
+	// Fixed tag order: the topmost lower's device gets tag 0, so its files keep their inode numbers.
+	for _, l := range layers.Lowers() {
+		r.inos.register(l.dev)
+	}
+	r.inos.register(layers.Upper().dev)
+
+	// The root directory merges the layer roots, subject to the same opacity rules as any directory.
+	var dirs []layerDir
+	for i, l := range layers.all {
+		fd, err := sysx.OpenDir(l.fd, "")
+		if err != nil {
+			for _, d := range dirs {
+				unix.Close(d.fd)
+			}
+			return nil, fmt.Errorf("%s: %w", l, err)
+		}
+		d := layerDir{layer: l, fd: fd, dev: l.dev, ino: l.ino}
+		stop := false
+		if i < len(layers.all)-1 {
+			op, err := whiteout.DirOpacity(fd, "")
+			if err != nil {
+				r.logf("%s: reading opacity: %v", l, err)
+			}
+			d.opacity = op
+			stop = op == whiteout.Opaque
+		}
+		dirs = append(dirs, d)
+		if stop {
+			break
+		}
+	}
+	r.root, r.dirs, r.owned = r, dirs, &fdSet{}
+	for _, d := range dirs {
+		r.owned.fds = append(r.owned.fds, d.fd)
+	}
+	r.rootID = r.inos.ino(identity(dirs))
+	return r, nil
+}
+
+// Layers returns the layers of the union.
+func (r *Root) Layers() *Layers { return r.layers }
+
+// FSOptions returns the go-fuse options for mounting r.
+func (r *Root) FSOptions() *fs.Options {
+	entry, attr, neg := r.cfg.EntryTimeout, r.cfg.AttrTimeout, r.cfg.NegativeTimeout
+	opts := &fs.Options{
+		MountOptions:    r.cfg.MountOptions,
+		EntryTimeout:    &entry,
+		AttrTimeout:     &attr,
+		NegativeTimeout: &neg,
+		// Permissions are the kernel's business (default_permissions); mode 0 must stay 0.
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: r.rootID, Gen: 1},
+	}
+	opts.MountOptions.Debug = r.cfg.Debug
+	if opts.MountOptions.Logger == nil {
+		opts.MountOptions.Logger = r.cfg.Logger
+	}
+	opts.Logger = r.cfg.Logger
+	return opts
+}
+
+// Mount mounts the union r on mountpoint and starts serving it. It returns once the kernel has answered the
+// mount, so the mount is live when it returns without error.
+func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
+	return fs.Mount(mountpoint, r, r.FSOptions())
+}
+
+func (r *Root) logf(format string, args ...any) {
+	r.cfg.Logger.Printf(format, args...)
+}

@@ -1,0 +1,135 @@
+package unionfs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// writableObject returns how to reach n's object for a change (see objectAt): it must be in the upper layer.
+func (n *Node) writableObject() (dirfd int, name string, l *Layer, errno syscall.Errno) {
+	if n.root.cfg.ReadOnly {
+		return -1, "", nil, syscall.EROFS
+	}
+	dirfd, name, l, errno = n.objectAt()
+	if errno != 0 {
+		return -1, "", nil, errno
+	}
+	if !l.IsUpper() {
+		return -1, "", nil, n.root.needsCopyUp()
+	}
+	return dirfd, name, l, 0
+}
+
+// Setattr - FUSE call: chown, chmod, truncate, utimes. The kernel has checked permissions and folded the
+// clearing of setuid/setgid bits into the mode it sends. Owner changes come first because changing the owner of a
+// file clears its setuid bit on the layer too; the mode is set after it.
+func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	dirfd, name, l, errno := n.writableObject()
+	if errno != 0 {
+		return errno
+	}
+	fail := func(op string, err error) syscall.Errno { return n.root.layerErrno(l, op, name, err) }
+
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		u, g := -1, -1
+		if uok {
+			u = int(uid)
+		}
+		if gok {
+			g = int(gid)
+		}
+		if err := sysx.Chownat(dirfd, name, u, g); err != nil {
+			return fail("chown", err)
+		}
+	}
+	if mode, ok := in.GetMode(); ok {
+		if err := sysx.Chmodat(dirfd, name, mode); err != nil {
+			return fail("chmod", err)
+		}
+	}
+	if size, ok := in.GetSize(); ok {
+		var err error
+		if fh, ok := f.(*file); ok {
+			err = unix.Ftruncate(fh.fd, int64(size))
+		} else {
+			err = sysx.Truncateat(dirfd, name, int64(size))
+		}
+		if err != nil {
+			return fail("truncate", err)
+		}
+	}
+	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
+		ts := [2]unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if in.Valid&fuse.FATTR_ATIME != 0 {
+			ts[0] = unix.Timespec{Sec: int64(in.Atime), Nsec: int64(in.Atimensec)}
+			if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+				ts[0] = unix.Timespec{Nsec: unix.UTIME_NOW}
+			}
+		}
+		if in.Valid&fuse.FATTR_MTIME != 0 {
+			ts[1] = unix.Timespec{Sec: int64(in.Mtime), Nsec: int64(in.Mtimensec)}
+			if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+				ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
+			}
+		}
+		if err := sysx.Utimensat(dirfd, name, &ts); err != nil {
+			return fail("utimes", err)
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+// Setxattr - FUSE call. The union's private attributes cannot be set: EPERM.
+func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if whiteout.IsPrivateXattr(attr) {
+		return syscall.EPERM
+	}
+	dirfd, name, l, errno := n.writableObject()
+	if errno != 0 {
+		return errno
+	}
+	if err := sysx.Setxattrat(dirfd, name, attr, data, int(flags)); err != nil {
+		return n.root.layerErrno(l, "setxattr", name, err)
+	}
+	return 0
+}
+
+// Removexattr - FUSE call. The union's private attributes cannot be removed: EPERM.
+func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if whiteout.IsPrivateXattr(attr) {
+		return syscall.EPERM
+	}
+	dirfd, name, l, errno := n.writableObject()
+	if errno != 0 {
+		return errno
+	}
+	if err := sysx.Removexattrat(dirfd, name, attr); err != nil {
+		return n.root.layerErrno(l, "removexattr", name, err)
+	}
+	return 0
+}
+
+// CopyFileRange - FUSE call for copy_file_range(2) between two open files of the union.
+func (n *Node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint64, out *fs.Inode, fhOut fs.FileHandle,
+	offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
+	in, ok1 := fhIn.(*file)
+	dst, ok2 := fhOut.(*file)
+	if !ok1 || !ok2 {
+		return 0, syscall.EXDEV
+	}
+	oi, oo := int64(offIn), int64(offOut)
+	count, err := unix.CopyFileRange(in.fd, &oi, dst.fd, &oo, int(length), int(flags))
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	return uint32(count), 0
+}
