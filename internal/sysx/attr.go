@@ -62,14 +62,16 @@ func Chownat(dirfd int, name string, uid, gid int) error {
 // following a symlink. ts holds atime then mtime; UTIME_OMIT and UTIME_NOW work as in utimensat(2).
 func Utimensat(dirfd int, name string, ts *[2]unix.Timespec) error {
 	if name == "" {
-		// utimensat(fd, NULL, ...) acts on fd itself, O_PATH descriptors included.
-		return retry(func() error {
-			_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(dirfd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
-			if e != 0 {
-				return e
-			}
-			return nil
-		})
+		// utimensat(fd, NULL, ...) acts on fd itself, but not on an O_PATH descriptor: reopen the directory.
+		return WithFd(dirfd, "", func(fd int) error {
+			return retry(func() error {
+				_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+				if e != 0 {
+					return e
+				}
+				return nil
+			})
+		}, func(string) error { return syscall.EOPNOTSUPP })
 	}
 	if err := CheckName(name); err != nil {
 		return err

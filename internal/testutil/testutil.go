@@ -1,0 +1,175 @@
+// Package testutil holds helpers shared by the project's tests: FUSE and root requirements, mount bookkeeping,
+// kernel overlayfs and tmpfs mounts, and the read-only fixture tree whose snapshot proves that lower layers are
+// never modified.
+package testutil
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// RequireFUSE skips the test when /dev/fuse cannot be opened, unless LTSP_UNIONFS_REQUIRE_FUSE is set (CI sets
+// it), in which case the test fails: a missing FUSE device must never pass as a skip there.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		return
+	}
+	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
+		t.Fatalf("LTSP_UNIONFS_REQUIRE_FUSE is set but /dev/fuse cannot be opened: %v", err)
+	}
+	t.Skipf("no usable /dev/fuse (%v); set LTSP_UNIONFS_REQUIRE_FUSE=1 to make this a failure", err)
+}
+
+// RequireRoot skips the test unless it runs as root, or fails it when LTSP_UNIONFS_REQUIRE_FUSE is set (CI runs
+// as root).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
+		t.Fatal("this test needs root, and LTSP_UNIONFS_REQUIRE_FUSE says the environment provides it")
+	}
+	t.Skip("this test needs root")
+}
+
+// MountInfo is one line of /proc/self/mountinfo.
+type MountInfo struct {
+	MountPoint string
+	FSType     string
+	Source     string
+	Options    string // per-mount options, e.g. rw,nosuid,nodev,relatime
+	SuperOpts  string // per-superblock options
+}
+
+// Mounts returns the mounts of this process's mount namespace.
+func Mounts() ([]MountInfo, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ms []MountInfo
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		f1, f2 := strings.Fields(pre), strings.Fields(post)
+		if len(f1) < 6 || len(f2) < 3 {
+			continue
+		}
+		ms = append(ms, MountInfo{MountPoint: unescape(f1[4]), Options: f1[5], FSType: f2[0], Source: unescape(f2[1]),
+			SuperOpts: f2[2]})
+	}
+	return ms, sc.Err()
+}
+
+// unescape decodes the octal escapes (\040 for a space) of mountinfo fields.
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// MountAt returns the topmost mount at path, if any.
+func MountAt(path string) (MountInfo, bool) {
+	ms, err := Mounts()
+	if err != nil {
+		return MountInfo{}, false
+	}
+	var found MountInfo
+	ok := false
+	for _, m := range ms {
+		if m.MountPoint == path {
+			found, ok = m, true
+		}
+	}
+	return found, ok
+}
+
+// UnionMounts returns the mount points of all ltsp-unionfs mounts in this namespace.
+func UnionMounts() []string {
+	ms, _ := Mounts()
+	var out []string
+	for _, m := range ms {
+		if m.FSType == "fuse.ltsp-unionfs" {
+			out = append(out, m.MountPoint)
+		}
+	}
+	return out
+}
+
+// Unmount unmounts path, lazily if it is busy, and fails the test if it cannot.
+func Unmount(t testing.TB, path string) {
+	t.Helper()
+	if err := unix.Unmount(path, 0); err != nil {
+		if err2 := unix.Unmount(path, unix.MNT_DETACH); err2 != nil {
+			t.Errorf("unmount %s: %v; lazy unmount: %v", path, err, err2)
+		}
+	}
+}
+
+// MountTmpfs mounts a tmpfs of the given size (e.g. "64m") on dir and unmounts it when the test ends.
+func MountTmpfs(t testing.TB, dir, size string) {
+	t.Helper()
+	RequireRoot(t)
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0755"); err != nil {
+		t.Fatalf("mount tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { Unmount(t, dir) })
+}
+
+// MountOverlay mounts kernel overlayfs on mnt with the given lowers (topmost first), upper and work directories
+// and extra options, and unmounts it when the test ends.
+func MountOverlay(t testing.TB, lowers []string, upper, work, mnt string, extra ...string) {
+	t.Helper()
+	RequireRoot(t)
+	opts := "lowerdir=" + strings.Join(lowers, ":")
+	if upper != "" {
+		opts += ",upperdir=" + upper + ",workdir=" + work
+	}
+	for _, e := range extra {
+		opts += "," + e
+	}
+	out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts, mnt).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mount -t overlay -o %s %s: %v: %s", opts, mnt, err, out)
+	}
+	t.Cleanup(func() { Unmount(t, mnt) })
+}
+
+// Run runs a command and fails the test, showing its output, if it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

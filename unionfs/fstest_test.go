@@ -1,0 +1,37 @@
+package unionfs
+
+import (
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+
+	"github.com/ltsp/ltsp-unionfs/fstest"
+)
+
+// TestUnionCases runs the union battery, validated on kernel overlayfs in package fstest, on ltsp-unionfs.
+func TestUnionCases(t *testing.T) {
+	fstest.RunUnion(t, fstest.UnionCases, func(t *testing.T) fstest.Union { return newTestUnion(t, 2) }, fstest.Config{})
+}
+
+// TestPosixCases runs the POSIX battery in the root of a union over two empty lowers.
+func TestPosixCases(t *testing.T) {
+	fstest.Run(t, fstest.Cases, func(t *testing.T) string { return newTestUnion(t, 2).Mount(t) }, fstest.Config{})
+}
+
+// TestGoFusePosix runs go-fuse's posixtest cases in the root of a union over two empty lowers.
+func TestGoFusePosix(t *testing.T) {
+	skip := map[string]string{
+		"DirectIO": "needs FOPEN_DIRECT_IO from the filesystem; the union caches through the kernel",
+		"FcntlFlockLocksFile": "expects POSIX locks of one process on two descriptors to conflict, which only go-fuse's " +
+			"OFD-lock forwarding does; POSIX says they do not, tmpfs agrees, and the union leaves locks to the kernel " +
+			"(go-fuse's own posixtest_test.go skips it on plain directories too)",
+	}
+	for name, fn := range posixtest.All {
+		t.Run(name, func(t *testing.T) {
+			if why, ok := skip[name]; ok {
+				t.Skip(why)
+			}
+			fn(t, newTestUnion(t, 2).Mount(t))
+		})
+	}
+}
