@@ -134,8 +134,16 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		oflags |= unix.O_NOATIME
 	}
 	fd, err := sysx.Openat(dirfd, name, oflags, 0)
+	if err == syscall.ELOOP || err == syscall.ENOENT {
+		return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
+	}
 	if err != nil {
 		return nil, 0, n.root.layerErrno(l, "open", name, err)
+	}
+	var st unix.Stat_t
+	if err := sysx.Fstat(fd, &st); err != nil || !n.isObject(&st) {
+		unix.Close(fd)
+		return nil, 0, syscall.ESTALE
 	}
 	if flags&unix.O_TRUNC != 0 {
 		if err := unix.Ftruncate(fd, 0); err != nil {

@@ -167,7 +167,7 @@ func (r *Root) childFromProbes(ctx context.Context, parent *Node, name string, f
 		}
 		child = r.newDirNode(dirs)
 	} else {
-		child = r.newFileNode(top.parent.layer)
+		child = r.newFileNode(top.parent.layer, &top.st)
 	}
 	fillAttr(&out.Attr, &top.st, ino, merged)
 	return parent.NewInode(ctx, child, fs.StableAttr{Mode: uint32(mode), Ino: ino, Gen: 1}), 0

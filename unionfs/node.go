@@ -63,6 +63,7 @@ type Node struct {
 	mu    sync.RWMutex
 	dirs  []layerDir // directories: the layer stack, topmost first; never empty; protected by mu
 	layer *Layer     // non-directories: the layer holding the object; protected by mu
+	obj   devIno     // non-directories: the object's identity in its layer; protected by mu
 	owned *fdSet     // descriptors of dirs; immutable pointer
 }
 
@@ -104,9 +105,9 @@ func (r *Root) newDirNode(dirs []layerDir) *Node {
 	return n
 }
 
-// newFileNode makes a node for a non-directory living in layer l.
-func (r *Root) newFileNode(l *Layer) *Node {
-	return &Node{root: r, layer: l}
+// newFileNode makes a node for the non-directory st living in layer l.
+func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
+	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}}
 }
 
 // OnForget is called when the kernel has forgotten the node: its directory descriptors are closed.
@@ -138,9 +139,19 @@ func (n *Node) holder() *Layer {
 	return n.layer
 }
 
+// isObject reports whether st is the layer object the non-directory n stands for. A name is looked up again for
+// every operation, so a concurrent rename can make it name another object; operations check and fail with ESTALE
+// rather than act on the wrong one (the kernel then looks the name up again and retries once).
+func (n *Node) isObject(st *unix.Stat_t) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.obj == devIno{st.Dev, st.Ino}
+}
+
 // location returns the directory descriptor and name through which the non-directory n is reached in its layer.
-// It fails with ESTALE when n is no longer linked into the tree (deleted while open) or its parent no longer has a
-// directory in n's layer.
+// It fails with ESTALE when n is no longer linked into the tree (replaced or deleted while the kernel still knew
+// it) or its parent no longer has a directory in n's layer. The name may have been taken over by another object
+// meanwhile: callers check with isObject.
 func (n *Node) location() (dirfd int, name string, errno syscall.Errno) {
 	name, parent := n.Parent()
 	if parent == nil {
@@ -186,6 +197,9 @@ func (n *Node) statSelf(st *unix.Stat_t) (layer *Layer, merged bool, errno sysca
 	}
 	if err := sysx.Fstatat(dirfd, name, st); err != nil {
 		return nil, false, toErrno(err)
+	}
+	if !n.isObject(st) {
+		return nil, false, syscall.ESTALE
 	}
 	return n.holder(), false, 0
 }
@@ -239,6 +253,10 @@ func (n *Node) Access(ctx context.Context, mask uint32) syscall.Errno {
 
 // Readlink - FUSE call.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	var st unix.Stat_t
+	if _, _, errno := n.statSelf(&st); errno != 0 {
+		return nil, errno
+	}
 	dirfd, name, errno := n.location()
 	if errno != 0 {
 		return nil, errno

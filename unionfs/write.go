@@ -131,7 +131,7 @@ func (n *Node) finishNew(ctx context.Context, up layerDir, name string, mode uin
 		}
 		child = n.root.newDirNode([]layerDir{{layer: up.layer, fd: fd, dev: st.Dev, ino: st.Ino}})
 	} else {
-		child = n.root.newFileNode(up.layer)
+		child = n.root.newFileNode(up.layer, &st)
 	}
 	ino := n.root.inos.ino(devIno{st.Dev, st.Ino})
 	fillAttr(&out.Attr, &st, ino, false)

@@ -1,0 +1,88 @@
+package unionfs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestOpenRacingRename opens a name while another goroutine keeps replacing it, alternately with a regular file
+// and with a symlink to a file outside the mount (go-fuse's OpenSymlinkRace, made strict). Every successful open
+// must be of a file on the mount, never of the symlink's target through the daemon; failed opens are allowed
+// only as the errors a racing rename explains.
+func TestOpenRacingRename(t *testing.T) {
+	u := newTestUnion(t, 1)
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.WriteFile(outside, []byte("outside the union"), 0644); err != nil {
+		t.Fatal(err)
+	}
+	mnt := u.Mount(t)
+	path := filepath.Join(mnt, "f")
+	if err := os.WriteFile(path, []byte("inside"), 0644); err != nil {
+		t.Fatal(err)
+	}
+	var mntStat unix.Stat_t
+	if err := unix.Stat(mnt, &mntStat); err != nil {
+		t.Fatal(err)
+	}
+	const iterations = 2000
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tmp := path + ".tmp"
+		for i := 0; i < iterations; i++ {
+			if err := os.WriteFile(tmp, []byte("inside"), 0644); err != nil {
+				t.Errorf("shuffler: %v", err)
+				return
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Errorf("shuffler: %v", err)
+				return
+			}
+			if err := os.Symlink(outside, tmp); err != nil {
+				t.Errorf("shuffler: %v", err)
+				return
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Errorf("shuffler: %v", err)
+				return
+			}
+		}
+	}()
+	var opened, viaSymlink, failed int
+	for i := 0; i < iterations; i++ {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			switch {
+			case errors.Is(err, syscall.ELOOP):
+				viaSymlink++ // the name was the symlink at that moment
+			case errors.Is(err, syscall.ESTALE), errors.Is(err, syscall.ENOENT):
+				failed++
+			default:
+				t.Fatalf("open: %v", err)
+			}
+			continue
+		}
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if st.Dev != mntStat.Dev {
+			t.Fatalf("an open through the union reached a file of device %x outside it", st.Dev)
+		}
+		opened++
+	}
+	wg.Wait()
+	t.Logf("opened %d, symlink %d, racing failures %d", opened, viaSymlink, failed)
+	if opened == 0 {
+		t.Fatal("no open succeeded")
+	}
+	if failed > iterations/10 {
+		t.Errorf("%d of %d opens failed: the union should almost always resolve a race", failed, iterations)
+	}
+}
