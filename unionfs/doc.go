@@ -31,8 +31,10 @@
 //
 // # Deviations from overlayfs
 //
-//   - A mount point inside a lower layer shows as an empty directory with the attributes of the mounted
-//     filesystem's root: overlayfs shows the directory underneath, which a process cannot reach.
+//   - As root, every layer is reached through a private clone of its mount (read-only and noatime for lowers), so
+//     a mount point inside a layer shows the directory underneath, as in overlayfs. A daemon without the
+//     privilege to clone mounts never crosses into a mount inside a layer either: such a directory shows as
+//     empty, with the attributes of the mounted filesystem's root.
 //   - overlay xwhiteouts (a directory whose opaque xattr is "x") are honoured only where a lower layer lies below
 //     the directory that holds them.
 package unionfs

@@ -27,6 +27,8 @@ type Layer struct {
 	dev  uint64 // st_dev of the root directory
 	ino  uint64 // st_ino of the root directory
 	aufs bool   // aufs markers may occur in this layer: probe ".wh.NAME" for absent names
+
+	private bool // fd is a private clone of the layer's mount (see privatize)
 }
 
 // IsUpper reports whether l is the writable layer.
@@ -69,10 +71,15 @@ type LayerError struct {
 }
 
 func (e *LayerError) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("%s %s %s: %v", e.Role, e.Path, e.Reason, e.Err)
+	s := e.Role
+	if e.Path != "" {
+		s += " " + e.Path
 	}
-	return fmt.Sprintf("%s %s %s", e.Role, e.Path, e.Reason)
+	s += " " + e.Reason
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
 }
 
 func (e *LayerError) Unwrap() error { return e.Err }
@@ -110,10 +117,25 @@ func OpenLayers(upper string, lowers []string) (*Layers, error) {
 		}
 	}
 	for _, l := range ls.all {
+		l.privatize()
 		l.aufs = hasAufsMarkers(l.fd)
 	}
 	ok = true
 	return ls, nil
+}
+
+// privatize replaces the layer's descriptor with one of a private clone of its mount (see sysx.PrivateClone):
+// read-only and noatime for a lower. Without the privilege to clone mounts, the layer keeps its descriptor; the
+// daemon still never writes a lower, but reading a lower symlink then updates its access time as readlink(2)
+// always does.
+func (l *Layer) privatize() {
+	fd, err := sysx.PrivateClone(l.fd, !l.IsUpper())
+	if err != nil {
+		return
+	}
+	unix.Close(l.fd)
+	l.fd = fd
+	l.private = true
 }
 
 func openLayer(path, role string, index int) (*Layer, error) {

@@ -3,6 +3,7 @@ package unionfs
 import (
 	"fmt"
 	"log"
+	"os/exec"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,3 +120,7 @@ func (l *testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// execCommand is exec.Command; tests that run tools on an in-process mount never start them with a working
+// directory or inherited descriptors on the mount (see go-fuse's notes on fork/exec deadlocks).
+var execCommand = exec.Command

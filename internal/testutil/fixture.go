@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 )
 
 // fixtureTime is the mtime and atime of every fixture object: long ago, so that a read of a lower file that is not
@@ -207,16 +209,30 @@ func modeBits(mode uint32) os.FileMode {
 }
 
 // Snapshot describes every object under dir (names, types, modes, owners, sizes, link counts, device numbers,
-// atime, mtime, ctime, symlink targets, content hashes and xattrs) without changing any of it: files and
-// directories are opened with O_NOATIME.
+// atime, mtime, ctime, symlink targets, content hashes and xattrs) without changing any of it. As root it reads
+// through a private read-only noatime clone of the mount (readlink(2) would otherwise update symlink atimes);
+// otherwise files and directories are opened with O_NOATIME and symlinks are read before they are stat'ed, so
+// that the relatime update of a first readlink happens before the snapshot records the atime.
 func Snapshot(dir string) (map[string]string, error) {
 	snap := make(map[string]string)
-	err := snapshotDir(dir, ".", snap)
+	base := dir
+	if fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		clone, err := sysx.PrivateClone(fd, true)
+		unix.Close(fd)
+		if err == nil {
+			defer unix.Close(clone)
+			base = fmt.Sprintf("/proc/self/fd/%d", clone)
+		}
+	}
+	err := snapshotDir(base, ".", snap)
 	return snap, err
 }
 
 func snapshotDir(base, rel string, snap map[string]string) error {
 	p := filepath.Join(base, rel)
+	if rel == "." {
+		p = base + "/." // not the /proc magic link itself, but the directory it leads to
+	}
 	if err := snapshotOne(p, rel, snap); err != nil {
 		return err
 	}
@@ -264,6 +280,7 @@ func readNames(fd int) ([]string, error) {
 }
 
 func snapshotOne(p, rel string, snap map[string]string) error {
+	target, _ := os.Readlink(p)
 	var st unix.Stat_t
 	if err := unix.Lstat(p, &st); err != nil {
 		return err
@@ -273,10 +290,6 @@ func snapshotOne(p, rel string, snap map[string]string) error {
 		st.Ctim.Sec, st.Ctim.Nsec)
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFLNK:
-		target, err := os.Readlink(p)
-		if err != nil {
-			return err
-		}
 		desc += " target=" + target
 	case unix.S_IFREG:
 		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOATIME|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)

@@ -161,7 +161,11 @@ func MountOverlay(t testing.TB, lowers []string, upper, work, mnt string, extra 
 	if err != nil {
 		t.Fatalf("mount -t overlay -o %s %s: %v: %s", opts, mnt, err, out)
 	}
-	t.Cleanup(func() { Unmount(t, mnt) })
+	t.Cleanup(func() {
+		if m, ok := MountAt(mnt); ok && m.FSType == "overlay" {
+			Unmount(t, mnt)
+		}
+	})
 }
 
 // Run runs a command and fails the test, showing its output, if it fails.

@@ -1,0 +1,210 @@
+package unionfs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+)
+
+// TestOpenLayersRefuses checks every refusal of OpenLayers and the message it gives.
+func TestOpenLayersRefuses(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(p string) string {
+		p = filepath.Join(dir, p)
+		if err := os.MkdirAll(p, 0755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	lower, upper := mk("lower"), mk("upper")
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0644)
+	nested := mk("lower/inside")
+	os.Symlink(lower, filepath.Join(dir, "link-to-lower"))
+
+	cases := []struct {
+		name   string
+		upper  string
+		lowers []string
+		want   string
+	}{
+		{"missing lower", upper, []string{filepath.Join(dir, "nope")}, "lower layer " + dir + "/nope does not exist"},
+		{"missing upper", filepath.Join(dir, "nope"), []string{lower}, "upper layer " + dir + "/nope does not exist"},
+		{"lower is a file", upper, []string{file}, "lower layer " + file + " is not a directory"},
+		{"upper is a file", file, []string{lower}, "upper layer " + file + " is not a directory"},
+		{"same directory", lower, []string{lower}, "is the same directory as the upper layer"},
+		{"same through a symlink", filepath.Join(dir, "link-to-lower"), []string{lower}, "is the same directory as the upper layer"},
+		{"upper inside lower", nested, []string{lower}, "upper layer " + nested + " lies inside the lower layer " + lower},
+		{"lower inside upper", lower, []string{nested}, "lower layer " + nested + " lies inside the upper layer " + lower},
+		{"no lower", upper, nil, "lower layer is missing"},
+		{"empty path", "", []string{lower}, "upper layer is missing"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ls, err := OpenLayers(c.upper, c.lowers)
+			if err == nil {
+				ls.Close()
+				t.Fatal("OpenLayers accepted it")
+			}
+			var le *LayerError
+			if !errors.As(err, &le) {
+				t.Fatalf("error %v is not a *LayerError", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestOpenLayersResolvesRelativePaths checks that relative layer paths are resolved, not refused.
+func TestOpenLayersResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "lo"), 0755)
+	os.Mkdir(filepath.Join(dir, "up"), 0755)
+	t.Chdir(dir)
+	ls, err := OpenLayers("up", []string{"./lo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	if ls.Upper().Path != filepath.Join(dir, "up") || ls.Lowers()[0].Path != filepath.Join(dir, "lo") {
+		t.Fatalf("paths %s %s", ls.Upper().Path, ls.Lowers()[0].Path)
+	}
+}
+
+// TestAufsMarkersInLower reads a lower layer written in the aufs format: ".wh.NAME" hides NAME below,
+// ".wh..wh..opq" makes a directory opaque, and no ".wh.*" name is ever visible or creatable.
+func TestAufsMarkersInLower(t *testing.T) {
+	u := newTestUnion(t, 2)
+	l0, l1 := u.Lower(0), u.Lower(1)
+	for _, p := range []string{"d", "keep"} {
+		os.MkdirAll(filepath.Join(l1, p), 0755)
+	}
+	os.WriteFile(filepath.Join(l1, "gone"), []byte("hidden"), 0644)
+	os.WriteFile(filepath.Join(l1, "d", "below"), nil, 0644)
+	os.WriteFile(filepath.Join(l1, "keep", "below"), nil, 0644)
+	os.MkdirAll(filepath.Join(l0, "d"), 0755)
+	os.MkdirAll(filepath.Join(l0, "keep"), 0755)
+	os.WriteFile(filepath.Join(l0, "d", "top"), nil, 0644)
+	os.WriteFile(filepath.Join(l0, "d", ".wh..wh..opq"), nil, 0644)
+	os.WriteFile(filepath.Join(l0, ".wh.gone"), nil, 0644)
+	os.WriteFile(filepath.Join(l0, ".wh..wh.aufs"), nil, 0644)
+	mnt := u.Mount(t)
+	wantList(t, mnt, "d", "keep")
+	wantList(t, filepath.Join(mnt, "d"), "top")
+	wantList(t, filepath.Join(mnt, "keep"), "below")
+	for _, p := range []string{"gone", ".wh.gone", ".wh..wh.aufs", "d/.wh..wh..opq"} {
+		if _, err := os.Lstat(filepath.Join(mnt, p)); !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("Lstat %s: %v, want ENOENT", p, err)
+		}
+	}
+	err := os.WriteFile(filepath.Join(mnt, ".wh.forged"), nil, 0644)
+	if !errors.Is(err, syscall.EPERM) {
+		t.Errorf("creating .wh.forged: %v, want EPERM", err)
+	}
+	if err := os.Mkdir(filepath.Join(mnt, ".unionfs"), 0755); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("creating the unionfs-fuse meta directory: %v, want EPERM", err)
+	}
+}
+
+// TestUnionfsMetaDirHidden checks that unionfs-fuse's meta directories at a layer root are never shown.
+func TestUnionfsMetaDirHidden(t *testing.T) {
+	u := newTestUnion(t, 1)
+	os.MkdirAll(filepath.Join(u.Upper(), ".unionfs"), 0755)
+	os.MkdirAll(filepath.Join(u.Lower(0), ".unionfs-fuse"), 0755)
+	os.MkdirAll(filepath.Join(u.Lower(0), "sub", ".unionfs"), 0755)
+	mnt := u.Mount(t)
+	wantList(t, mnt, "sub")
+	wantList(t, filepath.Join(mnt, "sub"), ".unionfs")
+}
+
+// TestMountPointInsideLower mounts a tmpfs inside a lower layer: the union shows the directory underneath, as
+// overlayfs does, and never the mounted filesystem.
+func TestMountPointInsideLower(t *testing.T) {
+	testutil.RequireRoot(t)
+	u := newTestUnion(t, 1)
+	sub := filepath.Join(u.Lower(0), "sub")
+	os.MkdirAll(sub, 0711)
+	os.WriteFile(filepath.Join(sub, "covered"), []byte("underneath"), 0644)
+	testutil.MountTmpfs(t, sub, "1m")
+	os.WriteFile(filepath.Join(sub, "on-the-tmpfs"), nil, 0644)
+	mnt := u.Mount(t)
+	wantList(t, filepath.Join(mnt, "sub"), "covered")
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(mnt, "sub"), &st); err != nil || st.Mode&07777 != 0711 {
+		t.Errorf("sub: mode %o %v, want the covered directory's 0711", st.Mode&07777, err)
+	}
+}
+
+// TestInodeNumbersAcrossDevices puts every layer on its own tmpfs: inode numbers are unique across layers, the
+// topmost lower keeps its own numbers, and readdir agrees with stat.
+func TestInodeNumbersAcrossDevices(t *testing.T) {
+	testutil.RequireRoot(t)
+	u := newTestUnion(t, 2)
+	for _, d := range []string{u.Upper(), u.Lower(0), u.Lower(1)} {
+		testutil.MountTmpfs(t, d, "4m")
+	}
+	// tmpfs numbers inodes from the same counter on every instance: the same numbers in each layer.
+	for i, d := range []string{u.Upper(), u.Lower(0), u.Lower(1)} {
+		for j := 0; j < 20; j++ {
+			os.WriteFile(filepath.Join(d, strings.Repeat("x", i+1)+string(rune('a'+j))), nil, 0644)
+		}
+		os.MkdirAll(filepath.Join(d, "shared"), 0755)
+	}
+	var lowerSt unix.Stat_t
+	unix.Lstat(filepath.Join(u.Lower(0), "xxa"), &lowerSt)
+	mnt := u.Mount(t)
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(mnt, "xxa"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Ino != lowerSt.Ino {
+		t.Errorf("a file of the topmost lower has number %d in the union, %d in its layer", st.Ino, lowerSt.Ino)
+	}
+	checkDinoEverywhere(t, mnt)
+}
+
+// TestReadOnlyRefusesChanges checks that a read-only union refuses every change with EROFS.
+func TestReadOnlyRefusesChanges(t *testing.T) {
+	u := newTestUnion(t, 1)
+	os.WriteFile(filepath.Join(u.Upper(), "f"), []byte("x"), 0644)
+	u.cfg.ReadOnly = true
+	mnt := u.Mount(t)
+	checks := map[string]error{
+		"create": os.WriteFile(filepath.Join(mnt, "new"), nil, 0644),
+		"mkdir":  os.Mkdir(filepath.Join(mnt, "d"), 0755),
+		"chmod":  os.Chmod(filepath.Join(mnt, "f"), 0600),
+		"unlink": os.Remove(filepath.Join(mnt, "f")),
+	}
+	_, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_WRONLY, 0)
+	checks["open for writing"] = err
+	for what, err := range checks {
+		if !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", what, err)
+		}
+	}
+}
+
+// wantList checks the names in dir, "." and ".." left out.
+func wantList(t *testing.T, dir string, want ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("ReadDir %s: %v", dir, err)
+	}
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("%s lists %q, want %q", dir, got, want)
+	}
+}
