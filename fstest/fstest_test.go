@@ -51,8 +51,10 @@ func newOverlayUnion(t *testing.T) Union {
 	return u
 }
 
-func (u *overlayUnion) Lower(i int) string { return filepath.Join(u.dir, []string{"lower0", "lower1"}[i]) }
-func (u *overlayUnion) Upper() string      { return filepath.Join(u.dir, "upper") }
+func (u *overlayUnion) Lower(i int) string {
+	return filepath.Join(u.dir, []string{"lower0", "lower1"}[i])
+}
+func (u *overlayUnion) Upper() string { return filepath.Join(u.dir, "upper") }
 
 func (u *overlayUnion) Mount(t *testing.T) string {
 	t.Helper()

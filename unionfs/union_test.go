@@ -3,8 +3,8 @@ package unionfs
 import (
 	"fmt"
 	"log"
-	"os/exec"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
