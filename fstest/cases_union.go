@@ -39,7 +39,7 @@ var UnionCases = map[string]UnionCase{
 func whiteoutAt(t *testing.T, dir, name string) {
 	t.Helper()
 	requireRoot(t)
-	if err := unix.Mknod(filepath.Join(dir, name), unix.S_IFCHR|0, 0); err != nil {
+	if err := unix.Mknod(filepath.Join(dir, name), unix.S_IFCHR, 0); err != nil {
 		t.Fatalf("mknod whiteout: %v", err)
 	}
 }

@@ -13,9 +13,17 @@ func TestUnionCases(t *testing.T) {
 	fstest.RunUnion(t, fstest.UnionCases, func(t *testing.T) fstest.Union { return newTestUnion(t, 2) }, fstest.Config{})
 }
 
+// inProcessSkips are cases a union served by the test process itself cannot run: a page fault on a mapping of a
+// file of the process's own FUSE mount blocks an OS thread where the Go runtime cannot preempt it, and a garbage
+// collection then waits for it forever (go-fuse's "known deadlocks", 3). The cmd tests run them through the real
+// daemon.
+var inProcessSkips = fstest.Config{Skip: map[string]string{
+	"MmapSharedWrite": "mmap of the test process's own FUSE files can deadlock the Go runtime; run through the binary in cmd tests",
+}}
+
 // TestPosixCases runs the POSIX battery in the root of a union over two empty lowers.
 func TestPosixCases(t *testing.T) {
-	fstest.Run(t, fstest.Cases, func(t *testing.T) string { return newTestUnion(t, 2).Mount(t) }, fstest.Config{})
+	fstest.Run(t, fstest.Cases, func(t *testing.T) string { return newTestUnion(t, 2).Mount(t) }, inProcessSkips)
 }
 
 // TestGoFusePosix runs go-fuse's posixtest cases in the root of a union over two empty lowers.

@@ -130,7 +130,7 @@ func (r *Root) childFromProbes(ctx context.Context, parent *Node, name string, f
 	ino := r.inos.ino(probeIdentity(found))
 	merged := isDir && len(found) > 1
 
-	if ch := parent.GetChild(name); ch != nil && !ch.Forgotten() {
+	if ch := parent.GetChild(name); ch != nil {
 		id := ch.StableAttr()
 		if id.Ino == ino && id.Mode == uint32(mode) {
 			if cn, ok := ch.Operations().(interface{ unionNode() *Node }); ok && cn.unionNode().live() {

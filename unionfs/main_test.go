@@ -18,12 +18,17 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "ltsp-unionfs-fixture-")
+	tmp, err := testutil.PackageTempDir("unionfs")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	defer os.RemoveAll(tmp)
+	dir := tmp + "/fixture"
+	if err := os.Mkdir(dir, 0755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	fixtureDir = dir
 	if err := testutil.BuildFixture(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -50,7 +55,7 @@ func runTests(m *testing.M) int {
 	if code == 0 {
 		fmt.Printf("lower layer fixture unchanged after all tests: %d objects compared\n", len(before))
 	}
-	if left := testutil.UnionMounts(); len(left) > 0 {
+	if left := testutil.UnionMounts(tmp); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: the tests left ltsp-unionfs mounts behind: %v\n", left)
 		return 1
 	}

@@ -31,16 +31,6 @@ type fdSet struct {
 	closed bool  // protected by mu
 }
 
-func (s *fdSet) add(fd int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		unix.Close(fd)
-		return
-	}
-	s.fds = append(s.fds, fd)
-}
-
 func (s *fdSet) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

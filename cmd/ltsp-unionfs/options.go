@@ -231,10 +231,10 @@ func applyOptionList(fs *pflag.FlagSet, list string) error {
 			continue
 		}
 		name, value, hasValue := strings.Cut(item, "=")
-		name = strings.ReplaceAll(name, "-", "_")
 		if isIgnoredOptionName(name) {
 			continue
 		}
+		name = strings.ReplaceAll(name, "-", "_")
 		f := fs.Lookup(name)
 		if f == nil || !isMountOption(name) {
 			return usageErrorf("unknown mount option %q (see --help for the list)", name)

@@ -113,16 +113,32 @@ func MountAt(path string) (MountInfo, bool) {
 	return found, ok
 }
 
-// UnionMounts returns the mount points of all ltsp-unionfs mounts in this namespace.
-func UnionMounts() []string {
+// UnionMounts returns the mount points of the ltsp-unionfs mounts under dir (all of them for "/"). Test packages
+// run in parallel, so each checks only below its own temporary directory (see PackageTempDir).
+func UnionMounts(dir string) []string {
 	ms, _ := Mounts()
 	var out []string
+	prefix := strings.TrimSuffix(dir, "/") + "/"
 	for _, m := range ms {
-		if m.FSType == "fuse.ltsp-unionfs" {
+		if m.FSType == "fuse.ltsp-unionfs" && strings.HasPrefix(m.MountPoint+"/", prefix) {
 			out = append(out, m.MountPoint)
 		}
 	}
 	return out
+}
+
+// PackageTempDir makes a temporary directory for one test package and points TMPDIR at it, so that every
+// t.TempDir() of the package lies below it and leftover mounts can be attributed to the package.
+func PackageTempDir(pkg string) (string, error) {
+	dir, err := os.MkdirTemp("", "ltsp-unionfs-"+pkg+"-")
+	if err != nil {
+		return "", err
+	}
+	// Tests run some commands as an unprivileged user, who must be able to reach their directories.
+	if err := os.Chmod(dir, 0755); err != nil {
+		return "", err
+	}
+	return dir, os.Setenv("TMPDIR", dir)
 }
 
 // Unmount unmounts path, lazily if it is busy, and fails the test if it cannot.
