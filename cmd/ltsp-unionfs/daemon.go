@@ -126,15 +126,25 @@ func detach(logw *logWriter) {
 	logw.set(systemLog())
 }
 
-// systemLog opens where a background daemon logs: the journal or syslog through /dev/log, else the kernel log.
+// systemLog opens where a background daemon logs: in the initramfs the kernel log (no syslog runs there, and
+// the daemon outlives switch_root), elsewhere the journal or syslog through /dev/log, else the kernel log.
 func systemLog() io.Writer {
-	if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_NOTICE, "ltsp-unionfs"); err == nil {
-		return w
+	if !inInitramfs() {
+		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_NOTICE, "ltsp-unionfs"); err == nil {
+			return w
+		}
 	}
 	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
 		return bufio.NewWriterSize(&kmsgWriter{f}, 1024)
 	}
 	return io.Discard
+}
+
+// inInitramfs reports whether the daemon starts in an initramfs: systemd's and dracut's initrds carry
+// /etc/initrd-release.
+func inInitramfs() bool {
+	_, err := os.Stat("/etc/initrd-release")
+	return err == nil
 }
 
 // kmsgWriter prefixes each write with the program name, as /dev/kmsg records carry no tag of their own.
