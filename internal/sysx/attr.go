@@ -63,15 +63,8 @@ func Chownat(dirfd int, name string, uid, gid int) error {
 func Utimensat(dirfd int, name string, ts *[2]unix.Timespec) error {
 	if name == "" {
 		// utimensat(fd, NULL, ...) acts on fd itself, but not on an O_PATH descriptor: reopen the directory.
-		return WithFd(dirfd, "", func(fd int) error {
-			return retry(func() error {
-				_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
-				if e != 0 {
-					return e
-				}
-				return nil
-			})
-		}, func(string) error { return syscall.EOPNOTSUPP })
+		return WithFd(dirfd, "", func(fd int) error { return Futimens(fd, ts) },
+			func(string) error { return syscall.EOPNOTSUPP })
 	}
 	if err := CheckName(name); err != nil {
 		return err
@@ -94,4 +87,15 @@ func Truncateat(dirfd int, name string, size int64) error {
 		return syscall.EINVAL
 	}
 	return retry(func() error { return unix.Ftruncate(fd, size) })
+}
+
+// Futimens sets the access and modification times of the open file fd (not an O_PATH descriptor).
+func Futimens(fd int, ts *[2]unix.Timespec) error {
+	return retry(func() error {
+		_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
 }

@@ -1,0 +1,168 @@
+package whiteout
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+)
+
+// Dir is a directory of the upper layer as a marker writer needs it.
+type Dir struct {
+	Fd   int    // the directory (an O_PATH descriptor is enough)
+	Path string // its path from the layer root, "" for the root; unionfs-fuse keeps markers in a tree by path
+	Root int    // the layer root directory
+}
+
+// Format writes the markers of one whiteout format into the upper layer. Every method leaves the merged view
+// consistent at each step: a name is never briefly visible with the wrong content, and a failure leaves the view
+// as it was.
+type Format interface {
+	// Name is the format's name, as --whiteout takes it.
+	Name() string
+
+	// Hide makes the lower objects called name in d invisible. If the upper layer has an object called name it
+	// is moved to the temporary name tmp in d (which the caller then deletes, see Removed) and moved reports
+	// true; formats whose markers live beside the object leave it in place and report false.
+	Hide(d Dir, name, tmp string) (moved bool, err error)
+
+	// Publish moves the new object built under the temporary name tmp in d to name, replacing this format's
+	// whiteout of name if there is one. isDir says whether the object is a directory.
+	Publish(d Dir, tmp, name string, isDir bool) error
+
+	// MarkOpaque makes the directory built under the temporary name tmp in d, which will be published as name,
+	// hide every lower directory called name.
+	MarkOpaque(d Dir, tmp, name string) error
+
+	// ClearDir removes this format's markers from the upper directory sub, called name in d, so that it can be
+	// removed once the merged view shows it empty.
+	ClearDir(d Dir, name string, sub int) error
+
+	// Redirects reports whether the format can record a directory's rename (Redirect) instead of copying the
+	// directory's lower content.
+	Redirects() bool
+
+	// Redirect records that the upper directory dirfd takes its lower content from the lower directory at path
+	// (absolute from the layer roots, beginning with "/") or called path in the same parent (no "/").
+	Redirect(dirfd int, path string) error
+}
+
+// Formats lists the formats by name.
+var Formats = map[string]Format{
+	"overlay":      Overlay{},
+	"aufs":         Aufs{},
+	"unionfs-fuse": Unionfs{MetaDir: UnionfsMetaDir},
+}
+
+// ByName returns the format called name.
+func ByName(name string) (Format, error) {
+	if f, ok := Formats[name]; ok {
+		return f, nil
+	}
+	return nil, fmt.Errorf("unknown whiteout format %q (want overlay, aufs or unionfs-fuse)", name)
+}
+
+// Detect returns the format an existing upper layer is written in: unionfs-fuse if its root holds a meta
+// directory, aufs if its root holds aufs markers, overlay if its root carries overlay xattrs or whiteouts, and ok
+// false for an upper without markers.
+func Detect(rootfd int) (f Format, ok bool) {
+	for _, meta := range []string{UnionfsMetaDir, UnionfsLegacyMetaDir} {
+		var st unix.Stat_t
+		if err := sysx.Fstatat(rootfd, meta, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return Unionfs{MetaDir: meta}, true
+		}
+	}
+	dfd, err := sysx.Openat(rootfd, ".", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer unix.Close(dfd)
+	var aufs, overlay bool
+	sysx.Getdents(dfd, func(name string, _ uint64, typ uint8) {
+		if IsMarkerName(name) {
+			aufs = true
+		}
+		if typ == unix.DT_CHR {
+			var st unix.Stat_t
+			if sysx.Fstatat(dfd, name, &st) == nil && IsOverlayWhiteout(&st) {
+				overlay = true
+			}
+		}
+	})
+	if aufs {
+		return Aufs{}, true
+	}
+	if names, err := sysx.ListxattrAll(rootfd, ""); err == nil {
+		for _, n := range names {
+			if IsPrivateXattr(n) {
+				overlay = true
+			}
+		}
+	}
+	if overlay {
+		return Overlay{}, true
+	}
+	return nil, false
+}
+
+// TempName returns a fresh name for an object under construction in an upper directory. It is a marker name, so
+// the merged view never shows it and no user can create or open it through the union.
+func TempName() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return TempPrefix + hex.EncodeToString(b[:])
+}
+
+// TempPrefix begins the names of the union's temporary objects; `check` tools remove leftovers after a crash.
+const TempPrefix = AufsPrefix + AufsPrefix + "ltsp-tmp."
+
+// IsTempName reports whether name is one of the union's temporary objects.
+func IsTempName(name string) bool { return strings.HasPrefix(name, TempPrefix) }
+
+// renameNoReplace renames old to new in d, failing with EEXIST if new exists.
+func renameNoReplace(d Dir, old, new string) error {
+	return unix.Renameat2(d.Fd, old, d.Fd, new, unix.RENAME_NOREPLACE)
+}
+
+// removeTree removes the upper object name in dirfd, a directory with everything in it included. It is used on
+// temporary objects and marker trees only.
+func removeTree(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, syscall.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, syscall.EISDIR) && !errors.Is(err, syscall.EPERM) {
+		return err
+	}
+	sub, err := sysx.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	var names []string
+	err = sysx.Getdents(sub, func(n string, _ uint64, _ uint8) {
+		if n != "." && n != ".." {
+			names = append(names, n)
+		}
+	})
+	if err == nil {
+		for _, n := range names {
+			if err = removeTree(sub, n); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(sub)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
+
+// RemoveTree removes the upper object name in dirfd and, for a directory, everything in it.
+func RemoveTree(dirfd int, name string) error { return removeTree(dirfd, name) }
