@@ -27,6 +27,7 @@ type Layer struct {
 	dev  uint64 // st_dev of the root directory
 	ino  uint64 // st_ino of the root directory
 	aufs bool   // aufs markers may occur in this layer: probe ".wh.NAME" for absent names
+	meta int    // unionfs-fuse meta directory at the layer root (.unionfs or .unionfs-fuse), or -1
 
 	private bool // fd is a private clone of the layer's mount (see privatize)
 }
@@ -58,6 +59,10 @@ func (ls *Layers) Close() {
 		if l.fd >= 0 {
 			unix.Close(l.fd)
 			l.fd = -1
+		}
+		if l.meta >= 0 {
+			unix.Close(l.meta)
+			l.meta = -1
 		}
 	}
 }
@@ -119,6 +124,7 @@ func OpenLayers(upper string, lowers []string) (*Layers, error) {
 	for _, l := range ls.all {
 		l.privatize()
 		l.aufs = hasAufsMarkers(l.fd)
+		l.openMeta()
 	}
 	ok = true
 	return ls, nil
@@ -158,7 +164,7 @@ func openLayer(path, role string, index int) (*Layer, error) {
 			return nil, &LayerError{Path: abs, Role: role, Reason: "cannot be opened", Err: err}
 		}
 	}
-	l := &Layer{Path: abs, Index: index, fd: fd}
+	l := &Layer{Path: abs, Index: index, fd: fd, meta: -1}
 	var st unix.Stat_t
 	if err := sysx.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
@@ -242,6 +248,16 @@ func isAncestorOf(a *Layer, bfd int, bid devIno) bool {
 	}
 	unix.Close(fd)
 	return false
+}
+
+// openMeta opens the layer's unionfs-fuse meta directory, if it has one.
+func (l *Layer) openMeta() {
+	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
+		if fd, err := sysx.OpenDir(l.fd, name); err == nil {
+			l.meta = fd
+			return
+		}
+	}
 }
 
 // hasAufsMarkers reports whether the layer root holds aufs markers (".wh.*" entries; aufs keeps ".wh..wh.aufs",

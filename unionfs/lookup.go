@@ -2,6 +2,9 @@ package unionfs
 
 import (
 	"context"
+	"hash/fnv"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -14,82 +17,284 @@ import (
 
 // probe is one layer's contribution to a name of the merged view.
 type probe struct {
-	parent  layerDir         // the parent directory in that layer
-	st      unix.Stat_t      // the object's attributes
-	opacity whiteout.Opacity // directories with a layer below: their opacity
+	layer    *Layer
+	dirfd    int              // the directory holding the object in that layer
+	name     string           // the object's name there (another name than the union's under a redirect)
+	st       unix.Stat_t      // the object's attributes
+	opacity  whiteout.Opacity // directories with a layer below: their opacity
+	redirect string           // directories with a layer below: their redirect xattr, as found
+	meta     int              // the unionfs-fuse meta directory of the parent in that layer, or -1
+	origin   *devIno          // upper non-directories copied up: the identity of the lower original
+	metacopy bool             // upper regular files that are metadata-only copies
 }
 
-// resolve looks name up in the layer directories parent (a directory's stack, topmost first) with overlayfs's
-// rules and returns the objects that make up the name, topmost first: one for a non-directory, one per layer
-// directory for a directory. An empty result means the name does not exist (absent or whited out).
-func (r *Root) resolve(parent []layerDir, name string) ([]probe, syscall.Errno) {
-	var found []probe
-	for i, pd := range parent {
-		if pd.fd < 0 {
-			continue // a mount point in this layer: the layer holds nothing beneath it
+// resolution is what a name means in the merged view.
+type resolution struct {
+	found    []probe // topmost first: one object for a non-directory, one per layer directory for a directory
+	data     *probe  // for a metadata-only copy: the lower file holding the data
+	whiteout *Layer  // the layer whose marker ended the search, if one did
+	tmpfds   []int   // descriptors opened to follow absolute redirects; released by close
+}
+
+// close releases the descriptors res opened. The probes' dirfd fields are invalid afterwards.
+func (res *resolution) close() {
+	for _, fd := range res.tmpfds {
+		unix.Close(fd)
+	}
+	res.tmpfds = nil
+}
+
+// exists reports whether the name resolved to anything.
+func (res *resolution) exists() bool { return len(res.found) > 0 }
+
+// isDir reports whether the name resolved to a directory.
+func (res *resolution) isDir() bool {
+	return len(res.found) > 0 && res.found[0].st.Mode&unix.S_IFMT == unix.S_IFDIR
+}
+
+// resolve looks name up under a directory whose layer stack is parent (topmost first), with overlayfs's rules
+// (see the package documentation) and every marker format. A directory's redirect makes the layers below it be
+// searched at the redirect's path instead (absolute redirects from each layer's root, as overlayfs does even when
+// the parent has no directory in those layers). The caller must close the result.
+func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Errno) {
+	res := &resolution{}
+	target := name       // the name to look for in the next layer
+	var absPath []string // set while following an absolute redirect
+	pi := 0
+	layers := r.layers.all
+	for li := 0; li < len(layers); li++ {
+		l := layers[li]
+		var dirfd, meta int
+		var pdOpacity whiteout.Opacity
+		below := false // whether layers below this one can contribute
+		if absPath != nil {
+			fd, ok := r.walkLower(l, absPath[:len(absPath)-1], res)
+			if !ok {
+				continue
+			}
+			dirfd, meta, target = fd, -1, absPath[len(absPath)-1]
+			below = li < len(layers)-1
+		} else {
+			for pi < len(parent) && parent[pi].layer.Index < l.Index {
+				pi++
+			}
+			if pi >= len(parent) || parent[pi].layer != l || parent[pi].fd < 0 {
+				continue
+			}
+			pd := parent[pi]
+			dirfd, meta, pdOpacity = pd.fd, pd.meta, pd.opacity
+			below = pi < len(parent)-1
 		}
-		var p probe
-		p.parent = pd
-		err := sysx.Fstatat(pd.fd, name, &p.st)
-		if err == syscall.ENOENT {
-			if pd.layer.aufs && whiteout.HasAufsWhiteout(pd.fd, name) {
+		p := probe{layer: l, dirfd: dirfd, name: target, meta: meta}
+		err := sysx.Fstatat(dirfd, target, &p.st)
+		if err == syscall.ENOENT || err == syscall.ENOTDIR {
+			if hasMarker(l, dirfd, meta, target) {
+				res.whiteout = l
 				break
 			}
 			continue
 		}
 		if err != nil {
-			return nil, r.layerErrno(pd.layer, "lookup", name, err)
+			res.close()
+			return nil, r.layerErrno(l, "lookup", target, err)
 		}
-		if whiteout.IsOverlayWhiteout(&p.st) {
-			break
-		}
-		if pd.opacity == whiteout.Xwhiteouts && whiteout.IsXwhiteout(pd.fd, name, &p.st) {
+		if whiteout.IsOverlayWhiteout(&p.st) ||
+			pdOpacity == whiteout.Xwhiteouts && whiteout.IsXwhiteout(dirfd, target, &p.st) {
+			res.whiteout = l
 			break
 		}
 		isDir := p.st.Mode&unix.S_IFMT == unix.S_IFDIR
-		if len(found) > 0 && !isDir {
+		if len(res.found) > 0 && res.found[0].metacopy {
+			// The data of a metadata-only copy: the next non-directory below it.
+			if !isDir {
+				res.data = &p
+			}
+			break
+		}
+		if len(res.found) > 0 && !isDir {
 			break // a non-directory below a directory is hidden
 		}
 		if !isDir {
-			found = append(found, p)
+			if l.IsUpper() {
+				r.readCopyUpMarks(&p)
+			}
+			res.found = append(res.found, p)
+			if p.metacopy {
+				continue
+			}
 			break
 		}
-		if i < len(parent)-1 {
-			// Opacity matters only where there is something below to hide.
-			op, err := whiteout.DirOpacity(pd.fd, name)
+		if below {
+			// Opacity and redirects matter only where there is something below.
+			op, err := whiteout.DirOpacity(dirfd, target)
 			if err != nil && err != syscall.EXDEV {
-				return nil, r.layerErrno(pd.layer, "reading opacity of", name, err)
+				res.close()
+				return nil, r.layerErrno(l, "reading opacity of", target, err)
+			}
+			if op != whiteout.Opaque && hasMarker(l, dirfd, meta, target) {
+				op = whiteout.Opaque // aufs and unionfs-fuse: a marker beside a directory makes it opaque
 			}
 			p.opacity = op
+			if op != whiteout.Opaque {
+				p.redirect = r.readRedirect(dirfd, target)
+			}
 		}
-		found = append(found, p)
+		res.found = append(res.found, p)
 		if p.opacity == whiteout.Opaque {
 			break
 		}
-	}
-	return found, 0
-}
-
-// probeIdentity returns the object whose (device, inode) pair names the union object found: for a directory that
-// a lower layer has, the topmost lower directory, so that the number survives a copy of the directory into the
-// upper layer; otherwise the topmost object.
-func probeIdentity(found []probe) devIno {
-	for _, p := range found {
-		if !p.parent.layer.IsUpper() {
-			return devIno{p.st.Dev, p.st.Ino}
+		switch {
+		case strings.HasPrefix(p.redirect, "/"):
+			absPath = splitPath(p.redirect)
+			if len(absPath) == 0 {
+				absPath = nil // a redirect to the root: ignore it
+			}
+		case p.redirect != "" && sysx.CheckName(p.redirect) == nil:
+			target = p.redirect
 		}
 	}
-	return devIno{found[0].st.Dev, found[0].st.Ino}
+	if len(res.found) > 0 && res.found[0].metacopy && res.data == nil {
+		// The data of a metadata-only copy is gone from the lower layers: show the (empty) upper file rather
+		// than fail every access; `check` reports it.
+		res.found[0].metacopy = false
+	}
+	return res, 0
 }
 
-// identity is probeIdentity for an open directory stack.
-func identity(dirs []layerDir) devIno {
+// hasMarker reports whether layer l whites out name in the directory dirfd with an aufs or unionfs-fuse marker
+// (overlay whiteouts are the name itself).
+func hasMarker(l *Layer, dirfd, meta int, name string) bool {
+	if l.aufs && whiteout.HasAufsWhiteout(dirfd, name) {
+		return true
+	}
+	if meta >= 0 && len(name)+len(whiteout.UnionfsHiddenSuffix) <= 255 {
+		var st unix.Stat_t
+		return sysx.Fstatat(meta, name+whiteout.UnionfsHiddenSuffix, &st) == nil
+	}
+	return false
+}
+
+// walkLower opens the directory at the path comps from the root of lower layer l, remembering the descriptor in
+// res; ok is false if l has no directory there.
+func (r *Root) walkLower(l *Layer, comps []string, res *resolution) (int, bool) {
+	fd, err := sysx.OpenDir(l.fd, "")
+	if err != nil {
+		return -1, false
+	}
+	for _, c := range comps {
+		next, err := sysx.OpenDir(fd, c)
+		unix.Close(fd)
+		if err != nil {
+			return -1, false
+		}
+		fd = next
+	}
+	res.tmpfds = append(res.tmpfds, fd)
+	return fd, true
+}
+
+// splitPath splits an absolute redirect into its components, dropping empty ones; a component that is not a
+// plain name makes the whole redirect invalid (nil).
+func splitPath(p string) []string {
+	var comps []string
+	for _, c := range strings.Split(p, "/") {
+		if c == "" {
+			continue
+		}
+		if sysx.CheckName(c) != nil {
+			return nil
+		}
+		comps = append(comps, c)
+	}
+	return comps
+}
+
+// readRedirect returns the redirect xattr of the directory name in dirfd, or "".
+func (r *Root) readRedirect(dirfd int, name string) string {
+	for _, attr := range []string{whiteout.OverlayRedirectXattr, r.priv + "redirect"} {
+		if v, err := sysx.GetxattrAll(dirfd, name, attr); err == nil && len(v) > 0 {
+			return string(v)
+		}
+	}
+	return ""
+}
+
+// readCopyUpMarks reads the marks the union leaves on upper non-directories it copied up: the origin and whether
+// the copy is metadata-only.
+func (r *Root) readCopyUpMarks(p *probe) {
+	if v, err := sysx.GetxattrAll(p.dirfd, p.name, r.originXattr()); err == nil {
+		p.origin = r.parseOrigin(string(v))
+	}
+	if p.st.Mode&unix.S_IFMT == unix.S_IFREG {
+		if _, err := sysx.Getxattrat(p.dirfd, p.name, r.metacopyXattr(), nil); err == nil {
+			p.metacopy = true
+		}
+	}
+}
+
+// originXattr and metacopyXattr name the union's marks in its private namespace.
+func (r *Root) originXattr() string   { return r.priv + "ltsp.origin" }
+func (r *Root) metacopyXattr() string { return r.priv + "metacopy" }
+
+// formatOrigin encodes the identity of a lower object as the origin mark of its copy: the lower layer's index
+// and the inode number, which stay the same across mounts of the same layers.
+func (r *Root) formatOrigin(l *Layer, ino uint64) []byte {
+	return []byte(strconv.Itoa(l.Index) + ":" + strconv.FormatUint(ino, 10))
+}
+
+// parseOrigin decodes an origin mark; nil if it is malformed or names no lower layer of this union.
+func (r *Root) parseOrigin(v string) *devIno {
+	idx, ino, ok := strings.Cut(v, ":")
+	if !ok {
+		return nil
+	}
+	i, err1 := strconv.Atoi(idx)
+	n, err2 := strconv.ParseUint(ino, 10, 64)
+	if err1 != nil || err2 != nil || i < 1 || i >= len(r.layers.all) {
+		return nil
+	}
+	return &devIno{r.layers.all[i].dev, n}
+}
+
+// identity returns the object whose (device, inode) pair names the union object res found: for a directory that
+// a lower layer has, the topmost lower directory, so that the number survives a copy of the directory into the
+// upper layer; for a copied-up non-directory, its lower original; otherwise the topmost object.
+func (res *resolution) identity() devIno {
+	top := &res.found[0]
+	if top.origin != nil {
+		return *top.origin
+	}
+	if top.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		for _, p := range res.found {
+			if !p.layer.IsUpper() {
+				return devIno{p.st.Dev, p.st.Ino}
+			}
+		}
+	}
+	return devIno{top.st.Dev, top.st.Ino}
+}
+
+// stackIdentity is identity for an open directory stack.
+func stackIdentity(dirs []layerDir) devIno {
 	for _, d := range dirs {
 		if !d.layer.IsUpper() {
 			return devIno{d.dev, d.ino}
 		}
 	}
 	return devIno{dirs[0].dev, dirs[0].ino}
+}
+
+// generation returns the go-fuse generation for a name. Objects are identified by (inode number, generation),
+// and hard links share a node; but a lower file's hard links split when one of them is copied up (as in
+// overlayfs without index), so each name of a multiply linked lower file gets a node of its own, told apart by
+// a generation derived from its name.
+func generation(parent *Node, name string, top *probe) uint64 {
+	if top.layer.IsUpper() || top.st.Nlink <= 1 || top.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return 1
+	}
+	h := fnv.New64a()
+	h.Write([]byte(strconv.FormatUint(parent.StableAttr().Ino, 16) + "/" + name))
+	return 2 + h.Sum64()%(1<<62)
 }
 
 // isHidden reports whether name in directory n is a marker or meta name that the merged view never shows.
@@ -111,66 +316,101 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if stack == nil {
 		return nil, syscall.ESTALE
 	}
-	found, errno := n.root.resolve(stack, name)
+	res, errno := n.root.resolve(stack, name)
 	if errno != 0 {
 		return nil, errno
 	}
-	if len(found) == 0 {
+	defer res.close()
+	if !res.exists() {
 		return nil, syscall.ENOENT
 	}
-	return n.root.childFromProbes(ctx, n, name, found, out)
+	return n.root.childFromResolution(ctx, n, name, res, out)
 }
 
-// childFromProbes returns the node for the objects found under name in parent, reusing parent's existing child
-// when it is the same object, and fills out.
-func (r *Root) childFromProbes(ctx context.Context, parent *Node, name string, found []probe, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	top := &found[0]
+// childFromResolution returns the node for what name in parent resolved to, reusing parent's existing child when
+// it is the same object, and fills out.
+func (r *Root) childFromResolution(ctx context.Context, parent *Node, name string, res *resolution, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	top := &res.found[0]
 	mode := top.st.Mode & unix.S_IFMT
 	isDir := mode == unix.S_IFDIR
-	ino := r.inos.ino(probeIdentity(found))
-	merged := isDir && len(found) > 1
+	ino := r.inos.ino(res.identity())
+	merged := isDir && len(res.found) > 1
+	st := top.st
+	if res.data != nil {
+		st.Blocks = res.data.st.Blocks
+	}
 
 	if ch := parent.GetChild(name); ch != nil {
 		id := ch.StableAttr()
-		if id.Ino == ino && id.Mode == uint32(mode) {
-			if cn, ok := ch.Operations().(interface{ unionNode() *Node }); ok && cn.unionNode().live() {
-				fillAttr(&out.Attr, &top.st, ino, merged)
-				return ch, 0
-			}
+		if cn := asNode(ch); cn != nil && id.Ino == ino && id.Mode == uint32(mode) && cn.live() {
+			fillAttr(&out.Attr, &st, ino, merged)
+			return ch, 0
 		}
 	}
 
 	var child *Node
 	if isDir {
-		dirs := make([]layerDir, 0, len(found))
-		for _, p := range found {
-			d := layerDir{layer: p.parent.layer, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity}
-			fd, err := sysx.OpenDir(p.parent.fd, name)
+		dirs := make([]layerDir, 0, len(res.found))
+		for _, p := range res.found {
+			d := layerDir{layer: p.layer, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity, meta: -1}
+			fd, err := sysx.OpenDir(p.dirfd, p.name)
 			switch {
 			case err == syscall.EXDEV:
 				st := p.st
 				d.fd, d.st = -1, &st
 			case err != nil:
-				for _, o := range dirs {
-					if o.fd >= 0 {
-						unix.Close(o.fd)
-					}
-				}
+				closeDirs(dirs)
 				if err == syscall.ENOTDIR || err == syscall.ELOOP {
 					err = syscall.ESTALE // replaced behind the daemon's back
 				}
-				return nil, r.layerErrno(p.parent.layer, "opening directory", name, err)
+				return nil, r.layerErrno(p.layer, "opening directory", p.name, err)
 			default:
 				d.fd = fd
 			}
+			if p.meta >= 0 {
+				if m, err := sysx.OpenDir(p.meta, p.name); err == nil {
+					d.meta = m
+				}
+			}
 			dirs = append(dirs, d)
 		}
-		child = r.newDirNode(dirs)
+		child = r.newDirNode(dirs, r.absRedirect(parent, res))
 	} else {
-		child = r.newFileNode(top.parent.layer, &top.st)
+		child = r.newFileNode(top.layer, &top.st)
+		if res.data != nil {
+			child.data, child.dataObj = res.data.layer, devIno{res.data.st.Dev, res.data.st.Ino}
+		}
 	}
-	fillAttr(&out.Attr, &top.st, ino, merged)
-	return parent.NewInode(ctx, child, fs.StableAttr{Mode: uint32(mode), Ino: ino, Gen: 1}), 0
+	fillAttr(&out.Attr, &st, ino, merged)
+	gen := generation(parent, name, top)
+	return parent.NewInode(ctx, child, fs.StableAttr{Mode: uint32(mode), Ino: ino, Gen: gen}), 0
+}
+
+// absRedirect returns the absolute lower path a directory resolution was redirected to, or "" if its lower
+// directories are found by its own name.
+func (r *Root) absRedirect(parent *Node, res *resolution) string {
+	for _, p := range res.found {
+		switch {
+		case p.redirect == "":
+		case strings.HasPrefix(p.redirect, "/"):
+			return "/" + strings.Join(splitPath(p.redirect), "/")
+		default:
+			return joinPath(parent.lowerPath(), p.redirect)
+		}
+	}
+	return ""
+}
+
+// closeDirs closes the descriptors of a stack that was never handed to a node.
+func closeDirs(dirs []layerDir) {
+	for _, d := range dirs {
+		if d.fd >= 0 {
+			unix.Close(d.fd)
+		}
+		if d.meta >= 0 {
+			unix.Close(d.meta)
+		}
+	}
 }
 
 // live reports whether n can still serve requests: a forgotten directory has closed its descriptors.
@@ -181,4 +421,31 @@ func (n *Node) live() bool {
 	n.owned.mu.Lock()
 	defer n.owned.mu.Unlock()
 	return !n.owned.closed
+}
+
+// lowerPath returns the absolute path at which directory n's content is found in the lower layers: its own
+// path, unless it or an ancestor was renamed (redirected).
+func (n *Node) lowerPath() string {
+	if n.IsRoot() {
+		return "/"
+	}
+	n.mu.RLock()
+	redirect := n.redirect
+	n.mu.RUnlock()
+	if redirect != "" {
+		return redirect
+	}
+	p, name := n.parentNode()
+	if p == nil {
+		return ""
+	}
+	return joinPath(p.lowerPath(), name)
+}
+
+// joinPath joins an absolute directory path and a name.
+func joinPath(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
 }

@@ -20,6 +20,7 @@ type layerDir struct {
 	fd       int              // O_PATH descriptor; -1 when the directory is a mount point in its layer
 	dev, ino uint64           // identity of the directory in its layer
 	opacity  whiteout.Opacity // only computed where a lower layer lies below; Transparent otherwise
+	meta     int              // the matching directory of the layer's unionfs-fuse meta tree, or -1
 	st       *unix.Stat_t     // attributes, kept only for mount points (fd == -1)
 }
 
@@ -29,6 +30,16 @@ type fdSet struct {
 	mu     sync.Mutex
 	fds    []int // protected by mu
 	closed bool  // protected by mu
+}
+
+func (s *fdSet) add(fd int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		unix.Close(fd)
+		return
+	}
+	s.fds = append(s.fds, fd)
 }
 
 func (s *fdSet) close() {
@@ -45,16 +56,26 @@ func (s *fdSet) close() {
 }
 
 // Node is a file or directory of the merged view.
+//
+// Lock order: a node's copyMu before its mu; a parent's copyMu is never taken while a child's is held (copy-ups
+// run from the root down, each releasing its lock before the next starts).
 type Node struct {
 	fs.Inode
 
 	root *Root // immutable
 
-	mu    sync.RWMutex
-	dirs  []layerDir // directories: the layer stack, topmost first; never empty; protected by mu
-	layer *Layer     // non-directories: the layer holding the object; protected by mu
-	obj   devIno     // non-directories: the object's identity in its layer; protected by mu
-	owned *fdSet     // descriptors of dirs; immutable pointer
+	copyMu sync.Mutex // serialises copy-ups of this node
+
+	mu       sync.RWMutex
+	dirs     []layerDir     // directories: the layer stack, topmost first; nil once forgotten; protected by mu
+	redirect string         // directories: absolute lower path they were renamed from, or ""; protected by mu
+	layer    *Layer         // non-directories: the layer holding the object; protected by mu
+	obj      devIno         // non-directories: the object's identity in layer; protected by mu
+	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
+	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
+	anon     int            // a descriptor of an object with no name (O_TMPFILE), or -1; protected by mu
+	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
+	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
 }
 
 var (
@@ -69,6 +90,7 @@ var (
 	_ fs.NodeOnForgetter    = (*Node)(nil)
 	_ fs.NodeAccesser       = (*Node)(nil)
 	_ fs.NodeCreater        = (*Node)(nil)
+	_ fs.NodeTmpfiler       = (*Node)(nil)
 	_ fs.NodeMkdirer        = (*Node)(nil)
 	_ fs.NodeMknoder        = (*Node)(nil)
 	_ fs.NodeSymlinker      = (*Node)(nil)
@@ -83,11 +105,14 @@ var (
 )
 
 // newDirNode makes a node for a directory with the given layer stack, whose descriptors it takes over.
-func (r *Root) newDirNode(dirs []layerDir) *Node {
-	n := &Node{root: r, dirs: dirs, owned: &fdSet{}}
+func (r *Root) newDirNode(dirs []layerDir, redirect string) *Node {
+	n := &Node{root: r, dirs: dirs, redirect: redirect, anon: -1, owned: &fdSet{}}
 	for _, d := range dirs {
 		if d.fd >= 0 {
 			n.owned.fds = append(n.owned.fds, d.fd)
+		}
+		if d.meta >= 0 {
+			n.owned.fds = append(n.owned.fds, d.meta)
 		}
 	}
 	// A node that go-fuse never registers is never forgotten: close its descriptors when it is collected.
@@ -97,17 +122,32 @@ func (r *Root) newDirNode(dirs []layerDir) *Node {
 
 // newFileNode makes a node for the non-directory st living in layer l.
 func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
-	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}}
+	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}
 }
 
-// OnForget is called when the kernel has forgotten the node: its directory descriptors are closed.
+// OnForget is called when the kernel has forgotten the node: its descriptors are closed.
 func (n *Node) OnForget() {
+	n.mu.Lock()
+	n.dirs = nil
+	n.anon = -1
+	n.mu.Unlock()
 	if n.owned != nil {
-		n.mu.Lock()
-		n.dirs = nil
-		n.mu.Unlock()
 		n.owned.close()
 	}
+}
+
+// unionNode gives access to the Node embedded in a Root or used directly.
+func (n *Node) unionNode() *Node { return n }
+
+// asNode returns the union node behind a go-fuse inode, or nil.
+func asNode(i *fs.Inode) *Node {
+	if i == nil {
+		return nil
+	}
+	if un, ok := i.Operations().(interface{ unionNode() *Node }); ok {
+		return un.unionNode()
+	}
+	return nil
 }
 
 // isDir reports whether n is a directory.
@@ -129,6 +169,13 @@ func (n *Node) holder() *Layer {
 	return n.layer
 }
 
+// parentNode returns n's parent directory node and n's name in it, or nil when n is no longer linked into the
+// tree (deleted while the kernel still knew it).
+func (n *Node) parentNode() (*Node, string) {
+	name, p := n.Parent()
+	return asNode(p), name
+}
+
 // isObject reports whether st is the layer object the non-directory n stands for. A name is looked up again for
 // every operation, so a concurrent rename can make it name another object; operations check and fail with ESTALE
 // rather than act on the wrong one (the kernel then looks the name up again and retries once).
@@ -138,60 +185,76 @@ func (n *Node) isObject(st *unix.Stat_t) bool {
 	return n.obj == devIno{st.Dev, st.Ino}
 }
 
+// dirIn returns the directory of stack that belongs to layer l.
+func dirIn(stack []layerDir, l *Layer) (layerDir, bool) {
+	for _, d := range stack {
+		if d.layer == l {
+			return d, d.fd >= 0
+		}
+	}
+	return layerDir{}, false
+}
+
 // location returns the directory descriptor and name through which the non-directory n is reached in its layer.
 // It fails with ESTALE when n is no longer linked into the tree (replaced or deleted while the kernel still knew
 // it) or its parent no longer has a directory in n's layer. The name may have been taken over by another object
 // meanwhile: callers check with isObject.
 func (n *Node) location() (dirfd int, name string, errno syscall.Errno) {
-	name, parent := n.Parent()
-	if parent == nil {
+	return n.locationIn(n.holder())
+}
+
+// locationIn is location for the object of n in layer l (for a metadata-only copy: its data in a lower layer).
+func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno) {
+	p, name := n.parentNode()
+	if p == nil {
 		return -1, "", syscall.ESTALE
 	}
-	pn, ok := parent.Operations().(interface{ unionNode() *Node })
+	d, ok := dirIn(p.stack(), l)
 	if !ok {
 		return -1, "", syscall.ESTALE
 	}
-	l := n.holder()
-	for _, d := range pn.unionNode().stack() {
-		if d.layer == l {
-			if d.fd < 0 {
-				return -1, "", syscall.ESTALE
-			}
-			return d.fd, name, 0
-		}
-	}
-	return -1, "", syscall.ESTALE
+	return d.fd, name, 0
 }
 
-// unionNode gives access to the Node embedded in a Root or used directly.
-func (n *Node) unionNode() *Node { return n }
-
 // statSelf stats the object n stands for: the topmost directory of its stack, or the non-directory in its layer.
-func (n *Node) statSelf(st *unix.Stat_t) (layer *Layer, merged bool, errno syscall.Errno) {
+// For a metadata-only copy, the block count is the data's.
+func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 	if n.isDir() {
 		dirs := n.stack()
 		if dirs == nil {
-			return nil, false, syscall.ESTALE
+			return false, syscall.ESTALE
 		}
 		top := dirs[0]
 		if top.fd < 0 {
 			*st = *top.st
 		} else if err := sysx.Fstat(top.fd, st); err != nil {
-			return nil, false, toErrno(err)
+			return false, toErrno(err)
 		}
-		return top.layer, len(dirs) > 1, 0
+		return len(dirs) > 1, 0
+	}
+	n.mu.RLock()
+	anon, data := n.anon, n.data
+	n.mu.RUnlock()
+	if anon >= 0 {
+		return false, toErrno(sysx.Fstat(anon, st))
 	}
 	dirfd, name, errno := n.location()
 	if errno != 0 {
-		return nil, false, errno
+		return false, errno
 	}
 	if err := sysx.Fstatat(dirfd, name, st); err != nil {
-		return nil, false, toErrno(err)
+		return false, toErrno(err)
 	}
 	if !n.isObject(st) {
-		return nil, false, syscall.ESTALE
+		return false, syscall.ESTALE
 	}
-	return n.holder(), false, 0
+	if data != nil {
+		var dst unix.Stat_t
+		if dfd, dname, errno := n.locationIn(data); errno == 0 && sysx.Fstatat(dfd, dname, &dst) == nil {
+			st.Blocks = dst.Blocks
+		}
+	}
+	return false, 0
 }
 
 // fillAttr fills out from st for the union object with inode number ino. merged says whether it is a directory
@@ -217,18 +280,27 @@ func fillAttr(out *fuse.Attr, st *unix.Stat_t, ino uint64, merged bool) {
 
 // Getattr - FUSE call. Reports the attributes of the topmost object, with the union's inode number.
 func (n *Node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if fh, ok := f.(*file); ok {
-		var st unix.Stat_t
-		if err := sysx.Fstat(fh.fd, &st); err != nil {
+	var st unix.Stat_t
+	merged := false
+	fh, _ := f.(*file)
+	n.mu.RLock()
+	pendingData := n.data != nil
+	n.mu.RUnlock()
+	if fh != nil && (fh.isWritable() || !pendingData) {
+		// The handle is open on the object that holds the attributes (a read-only handle of a metadata-only
+		// copy is open on the lower data instead): fstat works even after the name is gone.
+		if err := fh.fstat(&st); err != nil {
 			return toErrno(err)
 		}
-		fillAttr(&out.Attr, &st, n.StableAttr().Ino, false)
-		return 0
-	}
-	var st unix.Stat_t
-	_, merged, errno := n.statSelf(&st)
-	if errno != 0 {
-		return errno
+	} else {
+		var errno syscall.Errno
+		merged, errno = n.statSelf(&st)
+		if errno == syscall.ESTALE && fh != nil {
+			errno = toErrno(fh.fstat(&st)) // deleted while open: the data file's attributes are all there is
+		}
+		if errno != 0 {
+			return errno
+		}
 	}
 	fillAttr(&out.Attr, &st, n.StableAttr().Ino, merged)
 	return 0
@@ -244,7 +316,7 @@ func (n *Node) Access(ctx context.Context, mask uint32) syscall.Errno {
 // Readlink - FUSE call.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	var st unix.Stat_t
-	if _, _, errno := n.statSelf(&st); errno != 0 {
+	if _, errno := n.statSelf(&st); errno != 0 {
 		return nil, errno
 	}
 	dirfd, name, errno := n.location()

@@ -70,8 +70,11 @@ func TestOpenRacingRename(t *testing.T) {
 			continue
 		}
 		var st unix.Stat_t
-		unix.Fstat(fd, &st)
+		err = unix.Fstat(fd, &st)
 		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("fstat of an open file: %v", err)
+		}
 		if st.Dev != mntStat.Dev {
 			t.Fatalf("an open through the union reached a file of device %x outside it", st.Dev)
 		}

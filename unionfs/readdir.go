@@ -2,6 +2,7 @@ package unionfs
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -96,14 +97,6 @@ func (h *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	return toErrno(unix.Fsync(fd))
 }
 
-// listed is a name of the merged listing under construction.
-type listed struct {
-	index   int    // position in the listing; -1 if the name is hidden (whited out)
-	layer   int    // position in the stack of the layer directory that supplied it
-	ino     uint64 // union inode number
-	pending bool   // an upper directory whose number may still come from a lower directory of the same name
-}
-
 // list builds the merged listing of directory n: the names of every layer directory of its stack, topmost first,
 // each once, without markers and whited-out names, with the inode numbers lookup gives them.
 func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
@@ -111,39 +104,32 @@ func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
 	if stack == nil {
 		return nil, syscall.ESTALE
 	}
-	r := n.root
+	return n.root.listStack(stack, n.StableAttr().Ino, n.parentIno())
+}
+
+// listStack builds the merged listing of a directory with the layer stack given (see list).
+func (r *Root) listStack(stack []layerDir, selfIno, parentIno uint64) ([]fuse.DirEntry, syscall.Errno) {
 	entries := []fuse.DirEntry{
-		{Name: ".", Mode: unix.S_IFDIR, Ino: n.StableAttr().Ino},
-		{Name: "..", Mode: unix.S_IFDIR, Ino: n.parentIno()},
+		{Name: ".", Mode: unix.S_IFDIR, Ino: selfIno},
+		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno},
 	}
-	names := make(map[string]*listed)
-	for li, ld := range stack {
+	seen := make(map[string]bool)
+	var fromUpper []int // entries whose numbers come from lookup rules (origins, lower directories, redirects)
+	for _, ld := range stack {
 		if ld.fd < 0 {
 			continue
 		}
 		atRoot := ld.dev == ld.layer.dev && ld.ino == ld.layer.ino
-		var aufsWhiteouts []string
-		err := n.readLayerDir(ld, func(name string, dino uint64, typ uint8) syscall.Errno {
-			if name == "." || name == ".." || atRoot && whiteout.IsRootMetaName(name) {
+		hides := r.markersIn(ld)
+		err := r.readLayerDir(ld, func(name string, dino uint64, typ uint8) syscall.Errno {
+			if name == "." || name == ".." || seen[name] || whiteout.IsMarkerName(name) ||
+				atRoot && whiteout.IsRootMetaName(name) {
 				return 0
 			}
-			if whiteout.IsMarkerName(name) {
-				if ld.layer.aufs {
-					if hidden, ok := aufsWhiteoutTarget(name); ok {
-						aufsWhiteouts = append(aufsWhiteouts, hidden)
-					}
-				}
-				return 0
-			}
-			if e, seen := names[name]; seen {
-				if e.pending {
-					return r.settleDirIno(stack, e, li, ld, name, typ, dino)
-				}
-				return 0
-			}
-			var st unix.Stat_t
+			seen[name] = true
 			if typ == unix.DT_UNKNOWN || typ == unix.DT_CHR || typ == unix.DT_REG && ld.opacity == whiteout.Xwhiteouts {
 				// The type is unknown (some NFS servers, older filesystems) or the entry may be a whiteout.
+				var st unix.Stat_t
 				if err := sysx.Fstatat(ld.fd, name, &st); err != nil {
 					if err == syscall.ENOENT {
 						return 0 // removed behind our back since getdents
@@ -153,70 +139,73 @@ func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
 				typ = dtype(st.Mode)
 				if whiteout.IsOverlayWhiteout(&st) ||
 					typ == unix.DT_REG && ld.opacity == whiteout.Xwhiteouts && whiteout.IsXwhiteout(ld.fd, name, &st) {
-					names[name] = &listed{index: -1, layer: li}
 					return 0
 				}
 			}
-			e := &listed{index: len(entries), layer: li, ino: r.inos.ino(devIno{ld.dev, dino})}
-			if typ == unix.DT_DIR && ld.layer.IsUpper() && li < len(stack)-1 {
-				e.pending = true
+			if ld.layer.IsUpper() {
+				fromUpper = append(fromUpper, len(entries))
 			}
-			names[name] = e
-			entries = append(entries, fuse.DirEntry{Name: name, Mode: uint32(typ) << 12, Ino: e.ino})
+			entries = append(entries, fuse.DirEntry{Name: name, Mode: uint32(typ) << 12, Ino: r.inos.ino(devIno{ld.dev, dino})})
 			return 0
 		})
 		if err != 0 {
 			return nil, err
 		}
-		for _, hidden := range aufsWhiteouts {
-			if e, seen := names[hidden]; !seen {
-				names[hidden] = &listed{index: -1, layer: li}
-			} else {
-				e.pending = false
-			}
+		for _, h := range hides {
+			seen[h] = true
 		}
-		// A pending upper directory whose name this layer does not have keeps waiting for a deeper layer; one
-		// whose name this layer has as a non-directory or whiteout was settled by settleDirIno.
 	}
-	for _, e := range names {
-		if e.index >= 0 {
-			entries[e.index].Ino = e.ino
+	// An upper entry's number may come from below it: a copy's origin, a merged or redirected directory's lower
+	// directory. Ask lookup, which knows all the rules.
+	for _, i := range fromUpper {
+		res, errno := r.resolve(stack, entries[i].Name)
+		if errno != 0 {
+			return nil, errno
 		}
+		if res.exists() {
+			entries[i].Ino = r.inos.ino(res.identity())
+		}
+		res.close()
 	}
 	return entries, 0
 }
 
-// settleDirIno handles a name that a higher layer supplied as an upper directory still waiting for its inode
-// number, when layer directory ld (at position li of stack) has it too: a lower directory gives the number unless
-// the upper directory is opaque; anything else ends the wait.
-func (r *Root) settleDirIno(stack []layerDir, e *listed, li int, ld layerDir, name string, typ uint8, dino uint64) syscall.Errno {
-	e.pending = false
-	if typ == unix.DT_UNKNOWN {
-		var st unix.Stat_t
-		if err := sysx.Fstatat(ld.fd, name, &st); err != nil {
-			return 0
-		}
-		typ = dtype(st.Mode)
+// markersIn returns the names the layer directory ld whites out for the layers below with aufs or unionfs-fuse
+// markers.
+func (r *Root) markersIn(ld layerDir) []string {
+	var names []string
+	if ld.layer.aufs {
+		r.readLayerNames(ld.layer, ld.fd, func(name string) {
+			if hidden, ok := aufsWhiteoutTarget(name); ok && whiteout.IsMarkerName(name) {
+				names = append(names, hidden)
+			}
+		})
 	}
-	if typ != unix.DT_DIR {
-		return 0
+	if ld.meta >= 0 {
+		r.readLayerNames(ld.layer, ld.meta, func(name string) {
+			if h, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && h != "" {
+				names = append(names, h)
+			}
+		})
 	}
-	upper := stack[e.layer]
-	op, err := whiteout.DirOpacity(upper.fd, name)
-	if err != nil && err != syscall.EXDEV {
-		return r.layerErrno(upper.layer, "reading opacity of", name, err)
+	return names
+}
+
+// readLayerNames calls fn with every name in the directory dirfd of layer l.
+func (r *Root) readLayerNames(l *Layer, dirfd int, fn func(string)) {
+	fd, err := sysx.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
+	if err != nil {
+		return
 	}
-	if op != whiteout.Opaque {
-		e.ino = r.inos.ino(devIno{ld.dev, dino})
-	}
-	return 0
+	defer unix.Close(fd)
+	sysx.Getdents(fd, func(name string, _ uint64, _ uint8) { fn(name) })
 }
 
 // readLayerDir lists one layer directory, calling fn for each entry until fn returns an error.
-func (n *Node) readLayerDir(ld layerDir, fn func(name string, ino uint64, typ uint8) syscall.Errno) syscall.Errno {
+func (r *Root) readLayerDir(ld layerDir, fn func(name string, ino uint64, typ uint8) syscall.Errno) syscall.Errno {
 	fd, err := sysx.Openat(ld.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
 	if err != nil {
-		return n.root.layerErrno(ld.layer, "opening directory", ".", err)
+		return r.layerErrno(ld.layer, "opening directory", ".", err)
 	}
 	defer unix.Close(fd)
 	var errno syscall.Errno
@@ -226,7 +215,7 @@ func (n *Node) readLayerDir(ld layerDir, fn func(name string, ino uint64, typ ui
 		}
 	})
 	if err != nil {
-		return n.root.layerErrno(ld.layer, "reading directory", ".", err)
+		return r.layerErrno(ld.layer, "reading directory", ".", err)
 	}
 	return errno
 }
@@ -240,10 +229,10 @@ func (n *Node) parentIno() uint64 {
 }
 
 // aufsWhiteoutTarget returns the name an aufs marker ".wh.NAME" whites out; the aufs meta names ".wh..wh.*"
-// white out nothing.
+// (the union's temporary objects among them) white out nothing.
 func aufsWhiteoutTarget(marker string) (string, bool) {
-	name := marker[len(whiteout.AufsPrefix):]
-	if name == "" || len(name) >= len(whiteout.AufsPrefix) && name[:len(whiteout.AufsPrefix)] == whiteout.AufsPrefix {
+	name, ok := strings.CutPrefix(marker, whiteout.AufsPrefix)
+	if !ok || name == "" || strings.HasPrefix(name, whiteout.AufsPrefix) {
 		return "", false
 	}
 	return name, true

@@ -3,6 +3,7 @@ package unionfs
 import (
 	"fmt"
 	"log"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,11 @@ type Config struct {
 
 	// ReadOnly refuses every change with EROFS (mount option ro).
 	ReadOnly bool
+
+	// Whiteout names the marker format written into the upper layer (flag --whiteout): "overlay", "aufs" or
+	// "unionfs-fuse". Empty means the format the upper layer already holds, else overlay for a root daemon and aufs
+	// for others (they can neither make the character devices nor set the trusted xattrs overlay markers are).
+	Whiteout string
 
 	// Logger receives diagnostics: unexpected errors of layer filesystems, and with Debug every FUSE request.
 	Logger *log.Logger
@@ -48,19 +54,27 @@ func DefaultConfig() Config {
 type Root struct {
 	Node
 
-	layers *Layers // immutable
-	inos   *inoMap // union inode numbers
-	cfg    Config  // immutable
-	rootID uint64  // inode number of the root directory
+	layers *Layers         // immutable
+	inos   *inoMap         // union inode numbers
+	cfg    Config          // immutable
+	rootID uint64          // inode number of the root directory
+	format whiteout.Format // the marker format written into the upper layer; immutable
+	priv   string          // prefix of the union's private xattrs: trusted.overlay. (root) or user.overlay.
 
 	lastLog atomic.Int64 // Unix second of the last logged layer error
 }
 
 // New makes the root of a union of layers. The union takes over the layers' descriptors.
 func New(layers *Layers, cfg Config) (*Root, error) {
-	r := &Root{layers: layers, inos: newInoMap(), cfg: cfg}
+	r := &Root{layers: layers, inos: newInoMap(), cfg: cfg, priv: "trusted.overlay."}
 	if r.cfg.Logger == nil {
 		r.cfg.Logger = log.New(log.Writer(), "ltsp-unionfs: ", 0)
+	}
+	if os.Geteuid() != 0 {
+		r.priv = "user.overlay."
+	}
+	if err := r.chooseFormat(); err != nil {
+		return nil, err
 	}
 	// Fixed tag order: the topmost lower's device gets tag 0, so its files keep their inode numbers.
 	for _, l := range layers.Lowers() {
@@ -78,7 +92,12 @@ func New(layers *Layers, cfg Config) (*Root, error) {
 			}
 			return nil, fmt.Errorf("%s: %w", l, err)
 		}
-		d := layerDir{layer: l, fd: fd, dev: l.dev, ino: l.ino}
+		d := layerDir{layer: l, fd: fd, dev: l.dev, ino: l.ino, meta: -1}
+		if l.meta >= 0 {
+			if m, err := sysx.OpenDir(l.meta, ""); err == nil {
+				d.meta = m
+			}
+		}
 		stop := false
 		if i < len(layers.all)-1 {
 			op, err := whiteout.DirOpacity(fd, "")
@@ -93,13 +112,59 @@ func New(layers *Layers, cfg Config) (*Root, error) {
 			break
 		}
 	}
-	r.root, r.dirs, r.owned = r, dirs, &fdSet{}
+	r.root, r.dirs, r.anon, r.owned = r, dirs, -1, &fdSet{}
 	for _, d := range dirs {
 		r.owned.fds = append(r.owned.fds, d.fd)
+		if d.meta >= 0 {
+			r.owned.fds = append(r.owned.fds, d.meta)
+		}
 	}
-	r.rootID = r.inos.ino(identity(dirs))
+	r.rootID = r.inos.ino(stackIdentity(dirs))
 	return r, nil
 }
+
+// chooseFormat settles the marker format written into the upper layer (see Config.Whiteout) and prepares the
+// upper layer for it.
+func (r *Root) chooseFormat() error {
+	up := r.layers.Upper()
+	switch {
+	case r.cfg.Whiteout != "":
+		f, err := whiteout.ByName(r.cfg.Whiteout)
+		if err != nil {
+			return err
+		}
+		r.format = f
+	default:
+		if f, ok := whiteout.Detect(up.fd); ok {
+			r.format = f
+		} else if os.Geteuid() == 0 {
+			r.format = whiteout.Overlay{}
+		} else {
+			r.format = whiteout.Aufs{}
+		}
+	}
+	switch f := r.format.(type) {
+	case whiteout.Aufs:
+		up.aufs = true
+	case whiteout.Unionfs:
+		if up.meta < 0 {
+			if legacy, ok := whiteout.Detect(up.fd); ok {
+				if u, ok := legacy.(whiteout.Unionfs); ok {
+					f.MetaDir = u.MetaDir
+					r.format = f
+				}
+			}
+			if err := unix.Mkdirat(up.fd, f.MetaDir, 0700); err != nil && err != unix.EEXIST {
+				return fmt.Errorf("%s: creating %s: %w", up, f.MetaDir, err)
+			}
+			up.openMeta()
+		}
+	}
+	return nil
+}
+
+// Format returns the marker format the union writes.
+func (r *Root) Format() whiteout.Format { return r.format }
 
 // Layers returns the layers of the union.
 func (r *Root) Layers() *Layers { return r.layers }
@@ -117,6 +182,10 @@ func (r *Root) FSOptions() *fs.Options {
 		RootStableAttr:  &fs.StableAttr{Ino: r.rootID, Gen: 1},
 	}
 	opts.MountOptions.Debug = r.cfg.Debug
+	// O_TRUNC comes with OPEN instead of a separate SETATTR: a lower file truncated on open needs no data copy.
+	opts.MountOptions.ExtraCapabilities |= fuse.CAP_ATOMIC_O_TRUNC
+	// The kernel enforces POSIX ACLs (lower files have them; file capabilities and ACLs must work as on tmpfs).
+	opts.MountOptions.EnableAcl = true
 	if opts.MountOptions.Logger == nil {
 		opts.MountOptions.Logger = r.cfg.Logger
 	}

@@ -12,17 +12,22 @@ import (
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
-// writableObject returns how to reach n's object for a change (see objectAt): it must be in the upper layer.
-func (n *Node) writableObject() (dirfd int, name string, l *Layer, errno syscall.Errno) {
+// writableObject copies n up if it is not in the upper layer yet (a regular file without its data unless data is
+// true: chmod, chown, utimes and xattr changes do not need it) and returns how to reach the upper object (see
+// objectAt).
+func (n *Node) writableObject(data bool) (dirfd int, name string, l *Layer, errno syscall.Errno) {
 	if n.root.cfg.ReadOnly {
 		return -1, "", nil, syscall.EROFS
+	}
+	if errno := n.copyUp(data); errno != 0 {
+		return -1, "", nil, errno
 	}
 	dirfd, name, l, errno = n.objectAt()
 	if errno != 0 {
 		return -1, "", nil, errno
 	}
 	if !l.IsUpper() {
-		return -1, "", nil, n.root.needsCopyUp()
+		return -1, "", nil, syscall.ESTALE
 	}
 	return dirfd, name, l, 0
 }
@@ -31,7 +36,8 @@ func (n *Node) writableObject() (dirfd int, name string, l *Layer, errno syscall
 // clearing of setuid/setgid bits into the mode it sends. Owner changes come first because changing the owner of a
 // file clears its setuid bit on the layer too; the mode is set after it.
 func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	dirfd, name, l, errno := n.writableObject()
+	_, truncate := in.GetSize()
+	dirfd, name, l, errno := n.writableObject(truncate)
 	if errno != 0 {
 		return errno
 	}
@@ -58,8 +64,8 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	}
 	if size, ok := in.GetSize(); ok {
 		var err error
-		if fh, ok := f.(*file); ok {
-			err = unix.Ftruncate(fh.fd, int64(size))
+		if fh, ok := f.(*file); ok && fh.writable {
+			err = unix.Ftruncate(fh.current(), int64(size))
 		} else {
 			err = sysx.Truncateat(dirfd, name, int64(size))
 		}
@@ -93,7 +99,7 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if whiteout.IsPrivateXattr(attr) {
 		return syscall.EPERM
 	}
-	dirfd, name, l, errno := n.writableObject()
+	dirfd, name, l, errno := n.writableObject(false)
 	if errno != 0 {
 		return errno
 	}
@@ -108,7 +114,10 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if whiteout.IsPrivateXattr(attr) {
 		return syscall.EPERM
 	}
-	dirfd, name, l, errno := n.writableObject()
+	if _, errno := n.Getxattr(ctx, attr, nil); errno != 0 {
+		return errno // nothing to remove: no copy-up for that
+	}
+	dirfd, name, l, errno := n.writableObject(false)
 	if errno != 0 {
 		return errno
 	}
@@ -126,8 +135,11 @@ func (n *Node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint
 	if !ok1 || !ok2 {
 		return 0, syscall.EXDEV
 	}
+	if !dst.writable {
+		return 0, syscall.EBADF
+	}
 	oi, oo := int64(offIn), int64(offOut)
-	count, err := unix.CopyFileRange(in.fd, &oi, dst.fd, &oo, int(length), int(flags))
+	count, err := unix.CopyFileRange(in.current(), &oi, dst.current(), &oo, int(length), int(flags))
 	if err != nil {
 		return 0, toErrno(err)
 	}

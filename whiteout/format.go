@@ -36,9 +36,10 @@ type Format interface {
 	// whiteout of name if there is one. isDir says whether the object is a directory.
 	Publish(d Dir, tmp, name string, isDir bool) error
 
-	// MarkOpaque makes the directory built under the temporary name tmp in d, which will be published as name,
-	// hide every lower directory called name.
-	MarkOpaque(d Dir, tmp, name string) error
+	// MarkOpaque makes the upper directory now called cur in src, which will be (or is) called name in dst, hide
+	// every lower directory called name in dst. The overlay and aufs formats mark the directory itself;
+	// unionfs-fuse marks the path it will have.
+	MarkOpaque(src Dir, cur string, dst Dir, name string) error
 
 	// ClearDir removes this format's markers from the upper directory sub, called name in d, so that it can be
 	// removed once the merged view shows it empty.
@@ -166,3 +167,18 @@ func removeTree(dirfd int, name string) error {
 
 // RemoveTree removes the upper object name in dirfd and, for a directory, everything in it.
 func RemoveTree(dirfd int, name string) error { return removeTree(dirfd, name) }
+
+// ClearMarkers removes from the upper directory dirfd every entry the merged view never shows: overlay
+// whiteouts, aufs markers and the union's temporary objects.
+func ClearMarkers(dirfd int) error {
+	return removeEntries(dirfd, func(n string, typ uint8) bool {
+		if IsMarkerName(n) {
+			return true
+		}
+		if typ != unix.DT_CHR && typ != unix.DT_UNKNOWN {
+			return false
+		}
+		wo, _, _ := isWhiteoutAt(dirfd, n)
+		return wo
+	})
+}

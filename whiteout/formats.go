@@ -88,8 +88,8 @@ func (Overlay) Publish(d Dir, tmp, name string, isDir bool) error {
 }
 
 // MarkOpaque implements Format.
-func (Overlay) MarkOpaque(d Dir, tmp, name string) error {
-	return sysx.Setxattrat(d.Fd, tmp, OverlayOpaqueXattr, []byte("y"), 0)
+func (Overlay) MarkOpaque(src Dir, cur string, dst Dir, name string) error {
+	return sysx.Setxattrat(src.Fd, cur, OverlayOpaqueXattr, []byte("y"), 0)
 }
 
 // ClearDir implements Format: it removes the whiteouts in sub.
@@ -159,8 +159,8 @@ func (Aufs) Publish(d Dir, tmp, name string, isDir bool) error {
 }
 
 // MarkOpaque implements Format.
-func (Aufs) MarkOpaque(d Dir, tmp, name string) error {
-	sub, err := sysx.OpenDir(d.Fd, tmp)
+func (Aufs) MarkOpaque(src Dir, cur string, dst Dir, name string) error {
+	sub, err := sysx.OpenDir(src.Fd, cur)
 	if err != nil {
 		return err
 	}
@@ -267,8 +267,8 @@ func (u Unionfs) Publish(d Dir, tmp, name string, isDir bool) error {
 }
 
 // MarkOpaque implements Format.
-func (u Unionfs) MarkOpaque(d Dir, tmp, name string) error {
-	_, err := u.Hide(d, name, tmp)
+func (u Unionfs) MarkOpaque(src Dir, cur string, dst Dir, name string) error {
+	_, err := u.Hide(dst, name, "")
 	return err
 }
 

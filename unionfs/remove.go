@@ -1,0 +1,175 @@
+package unionfs
+
+import (
+	"context"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// Removing names. A name whose lower objects would show once its upper object is gone gets a whiteout, in one
+// step with the removal where the format allows (overlay: the upper object is swapped for a whiteout). A merged
+// directory can be removed when the merged view shows it empty, whatever markers its upper directory holds.
+
+// Unlink - FUSE call.
+func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.remove(name, false)
+}
+
+// Rmdir - FUSE call.
+func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return n.remove(name, true)
+}
+
+// remove removes name from directory n: a directory (rmdir) or anything else (unlink).
+func (n *Node) remove(name string, dir bool) syscall.Errno {
+	if n.isHidden(name) {
+		return syscall.ENOENT
+	}
+	if n.root.cfg.ReadOnly {
+		return syscall.EROFS
+	}
+	stack := n.stack()
+	if stack == nil {
+		return syscall.ESTALE
+	}
+	res, errno := n.root.resolve(stack, name)
+	if errno != 0 {
+		return errno
+	}
+	defer res.close()
+	switch {
+	case !res.exists():
+		return syscall.ENOENT
+	case dir && !res.isDir():
+		return syscall.ENOTDIR
+	case !dir && res.isDir():
+		return syscall.EISDIR
+	}
+	if dir {
+		empty, errno := n.root.isEmpty(res)
+		if errno != 0 {
+			return errno
+		}
+		if !empty {
+			return syscall.ENOTEMPTY
+		}
+	}
+	below, errno := n.lowerHas(name)
+	if errno != 0 {
+		return errno
+	}
+	up, errno := n.ensureUpperDir()
+	if errno != 0 {
+		return errno
+	}
+	d := n.upperDirOf(up)
+	defer n.refreshMeta()
+	if !res.found[0].layer.IsUpper() {
+		// Only lower objects: a whiteout hides them.
+		if _, err := n.root.format.Hide(d, name, whiteout.TempName()); err != nil {
+			return n.root.layerErrno(up.layer, "whiteout", name, err)
+		}
+		return 0
+	}
+	if below {
+		tmp := whiteout.TempName()
+		moved, err := n.root.format.Hide(d, name, tmp)
+		if err != nil {
+			return n.root.layerErrno(up.layer, "whiteout", name, err)
+		}
+		if moved {
+			// The object now sits under tmp, invisible; remove it with whatever markers it holds.
+			if err := whiteout.RemoveTree(up.fd, tmp); err != nil {
+				n.root.layerErrno(up.layer, "removing", tmp, err)
+			}
+			return 0
+		}
+	}
+	return n.removeUpper(up, d, name, dir)
+}
+
+// removeUpper removes the upper object name, a directory after clearing the markers in it (they hide nothing
+// the merged view shows: it is empty).
+func (n *Node) removeUpper(up layerDir, d whiteout.Dir, name string, dir bool) syscall.Errno {
+	if !dir {
+		if err := unix.Unlinkat(up.fd, name, 0); err != nil {
+			return n.root.layerErrno(up.layer, "unlink", name, err)
+		}
+		return 0
+	}
+	sub, err := sysx.OpenDir(up.fd, name)
+	if err != nil {
+		return n.root.layerErrno(up.layer, "rmdir", name, err)
+	}
+	err = n.root.format.ClearDir(d, name, sub)
+	if err == nil {
+		// Markers of other formats and leftover temporary objects are invisible too.
+		err = clearInvisible(sub)
+	}
+	unix.Close(sub)
+	if err != nil {
+		return n.root.layerErrno(up.layer, "rmdir", name, err)
+	}
+	if err := unix.Unlinkat(up.fd, name, unix.AT_REMOVEDIR); err != nil {
+		return n.root.layerErrno(up.layer, "rmdir", name, err)
+	}
+	return 0
+}
+
+// clearInvisible removes the entries of an upper directory that the merged view never shows: overlay whiteouts,
+// aufs markers, temporary objects.
+func clearInvisible(dirfd int) error {
+	return whiteout.ClearMarkers(dirfd)
+}
+
+// lowerHas reports whether a lower layer has an object called name in directory n that would show if the upper
+// layer had nothing of that name.
+func (n *Node) lowerHas(name string) (bool, syscall.Errno) {
+	stack := n.stack()
+	if stack == nil {
+		return false, syscall.ESTALE
+	}
+	if len(stack) > 0 && stack[0].layer.IsUpper() {
+		stack = stack[1:]
+	}
+	res, errno := n.root.resolve(stack, name)
+	if errno != 0 {
+		return false, errno
+	}
+	defer res.close()
+	return res.exists(), 0
+}
+
+// isEmpty reports whether the directory res found lists nothing in the merged view.
+func (r *Root) isEmpty(res *resolution) (bool, syscall.Errno) {
+	var dirs []layerDir
+	defer func() { closeDirs(dirs) }()
+	for _, p := range res.found {
+		fd, err := sysx.OpenDir(p.dirfd, p.name)
+		if err == syscall.EXDEV {
+			continue
+		}
+		if err != nil {
+			return false, r.layerErrno(p.layer, "opening directory", p.name, err)
+		}
+		d := layerDir{layer: p.layer, fd: fd, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity, meta: -1}
+		if p.meta >= 0 {
+			if m, err := sysx.OpenDir(p.meta, p.name); err == nil {
+				d.meta = m
+			}
+		}
+		dirs = append(dirs, d)
+	}
+	if len(dirs) == 0 {
+		return true, 0
+	}
+	entries, errno := r.listStack(dirs, 0, 0)
+	if errno != 0 {
+		return false, errno
+	}
+	return len(entries) <= 2, 0
+}
