@@ -29,9 +29,26 @@ func TestKernelOverlay(t *testing.T) {
 	}})
 }
 
+// TestKernelOverlayCow validates CowCases on kernel overlayfs with redirect_dir=on, the mode that renames lower
+// directories without EXDEV (the union always does).
+func TestKernelOverlayCow(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
+			t.Fatal("mounting overlayfs needs root")
+		}
+		t.Skip("mounting overlayfs needs root")
+	}
+	RunUnion(t, CowCases, func(t *testing.T) Union {
+		u := newOverlayUnion(t).(*overlayUnion)
+		u.opts = ",redirect_dir=on"
+		return u
+	}, Config{})
+}
+
 // overlayUnion is kernel overlayfs as a Union.
 type overlayUnion struct {
 	dir, mnt string
+	opts     string // extra mount options, with a leading comma
 	mounted  bool
 }
 
@@ -59,7 +76,7 @@ func (u *overlayUnion) Upper() string { return filepath.Join(u.dir, "upper") }
 func (u *overlayUnion) Mount(t *testing.T) string {
 	t.Helper()
 	opts := "lowerdir=" + u.Lower(0) + ":" + u.Lower(1) + ",upperdir=" + u.Upper() + ",workdir=" +
-		filepath.Join(u.dir, "work")
+		filepath.Join(u.dir, "work") + u.opts
 	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts, u.mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mount overlay: %v: %s", err, strings.TrimSpace(string(out)))
 	}

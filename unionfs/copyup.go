@@ -201,16 +201,17 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 		return false, n.root.layerErrno(pup.layer, "copying up", name, err)
 	}
 	defer s.Close()
+	st, err := s.Stat()
+	if err != nil {
+		s.Discard()
+		return false, toErrno(err)
+	}
 	if err := s.Publish(name); err != nil {
 		s.Discard()
 		if err == syscall.EEXIST {
 			return false, syscall.ESTALE // the upper layer got the name behind the daemon's back
 		}
 		return false, n.root.layerErrno(pup.layer, "copying up", name, err)
-	}
-	st, err := s.Stat()
-	if err != nil {
-		return false, toErrno(err)
 	}
 	n.mu.Lock()
 	n.layer, n.obj = pup.layer, devIno{st.Dev, st.Ino}

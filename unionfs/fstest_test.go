@@ -46,3 +46,17 @@ func TestGoFusePosix(t *testing.T) {
 		})
 	}
 }
+
+// TestCowCases runs the copy-on-write battery, validated on kernel overlayfs in package fstest, on ltsp-unionfs
+// in each whiteout format.
+func TestCowCases(t *testing.T) {
+	for _, format := range []string{"overlay", "aufs", "unionfs-fuse"} {
+		t.Run(format, func(t *testing.T) {
+			fstest.RunUnion(t, fstest.CowCases, func(t *testing.T) fstest.Union {
+				u := newTestUnion(t, 2)
+				u.cfg.Whiteout = format
+				return u
+			}, fstest.Config{})
+		})
+	}
+}
