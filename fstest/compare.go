@@ -22,6 +22,8 @@ type CompareOptions struct {
 	IgnoreDirNlink bool
 	// IgnoreDirSize skips the size of directories, which differs between filesystem types.
 	IgnoreDirSize bool
+	// IgnoreMtime skips modification times.
+	IgnoreMtime bool
 }
 
 // Describe returns a one-line description of every object under root, keyed by path relative to root: type,
@@ -75,7 +77,10 @@ func describeOne(p string, opt CompareOptions) (string, error) {
 	if !isDir || !opt.IgnoreDirNlink {
 		fmt.Fprintf(&b, " nlink=%d", st.Nlink)
 	}
-	fmt.Fprintf(&b, " rdev=%x mtime=%d.%09d", st.Rdev, st.Mtim.Sec, st.Mtim.Nsec)
+	fmt.Fprintf(&b, " rdev=%x", st.Rdev)
+	if !opt.IgnoreMtime {
+		fmt.Fprintf(&b, " mtime=%d.%09d", st.Mtim.Sec, st.Mtim.Nsec)
+	}
 	if !opt.IgnoreAtime {
 		fmt.Fprintf(&b, " atime=%d.%09d", st.Atim.Sec, st.Atim.Nsec)
 	}

@@ -2,12 +2,8 @@ package fstest
 
 import (
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestPlain validates Cases on a plain directory of the machine's filesystem.
@@ -23,7 +19,7 @@ func TestKernelOverlay(t *testing.T) {
 		}
 		t.Skip("mounting overlayfs needs root")
 	}
-	RunUnion(t, UnionCases, newOverlayUnion, Config{Skip: map[string]string{
+	RunUnion(t, UnionCases, func(t *testing.T) Union { return NewKernelOverlay(t) }, Config{Skip: map[string]string{
 		"MergedDinoMatchesStat": "overlayfs without xino reports the upper d_ino of a merged subdirectory " +
 			"while stat reports the lower st_ino; ltsp-unionfs keeps them equal",
 	}})
@@ -39,55 +35,37 @@ func TestKernelOverlayCow(t *testing.T) {
 		t.Skip("mounting overlayfs needs root")
 	}
 	RunUnion(t, CowCases, func(t *testing.T) Union {
-		u := newOverlayUnion(t).(*overlayUnion)
-		u.opts = ",redirect_dir=on"
-		return u
+		return NewKernelOverlay(t, "redirect_dir=on")
 	}, Config{})
 }
 
-// overlayUnion is kernel overlayfs as a Union.
-type overlayUnion struct {
-	dir, mnt string
-	opts     string // extra mount options, with a leading comma
-	mounted  bool
-}
-
-func newOverlayUnion(t *testing.T) Union {
-	u := &overlayUnion{dir: t.TempDir()}
-	for _, d := range []string{"lower0", "lower1", "upper", "work", "mnt"} {
-		if err := os.Mkdir(filepath.Join(u.dir, d), 0755); err != nil {
-			t.Fatal(err)
+// TestDiffHarness validates the differential machinery on kernel overlayfs: two overlay mounts agree on random
+// operations, and overlayfs without redirect_dir (EXDEV on lower directory renames) disagrees with overlayfs
+// with it, the disagreement shrinking to a short reproducer that renames a lower directory.
+func TestDiffHarness(t *testing.T) {
+	requireRoot(t)
+	same := DiffPair{
+		Ref:  func(t *testing.T) Union { return NewKernelOverlay(t, "redirect_dir=on") },
+		SUT:  func(t *testing.T) Union { return NewKernelOverlay(t, "redirect_dir=on") },
+		Fill: FillLowers,
+	}
+	for seed := int64(1); seed <= 3; seed++ {
+		if msg := RunDiff(t, same, RandomOps(seed, 100, true), nil); msg != "" {
+			t.Fatalf("seed %d: two identical overlay mounts disagree: %s", seed, msg)
 		}
 	}
-	u.mnt = filepath.Join(u.dir, "mnt")
-	t.Cleanup(func() {
-		if u.mounted {
-			u.Unmount(t)
-		}
-	})
-	return u
-}
-
-func (u *overlayUnion) Lower(i int) string {
-	return filepath.Join(u.dir, []string{"lower0", "lower1"}[i])
-}
-func (u *overlayUnion) Upper() string { return filepath.Join(u.dir, "upper") }
-
-func (u *overlayUnion) Mount(t *testing.T) string {
-	t.Helper()
-	opts := "lowerdir=" + u.Lower(0) + ":" + u.Lower(1) + ",upperdir=" + u.Upper() + ",workdir=" +
-		filepath.Join(u.dir, "work") + u.opts
-	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts, u.mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount overlay: %v: %s", err, strings.TrimSpace(string(out)))
+	differ := same
+	differ.SUT = func(t *testing.T) Union { return NewKernelOverlay(t, "redirect_dir=off") }
+	ops := []Op{{Kind: "create", Path: "a", Data: "x", N: 0644}, {Kind: "rename", Path: "lower", Path2: "moved"},
+		{Kind: "append", Path: "a", Data: "y"}}
+	if msg := RunDiff(t, differ, ops, nil); msg == "" {
+		t.Fatal("the harness saw no difference between redirect_dir=on and redirect_dir=off")
 	}
-	u.mounted = true
-	return u.mnt
-}
-
-func (u *overlayUnion) Unmount(t *testing.T) {
-	t.Helper()
-	if err := unix.Unmount(u.mnt, 0); err != nil {
-		t.Fatalf("unmount overlay: %v", err)
+	short := Shrink(ops, func(o []Op) bool { return RunDiff(t, differ, o, nil) != "" })
+	if len(short) != 1 || short[0].Kind != "rename" {
+		t.Fatalf("shrunk to %d ops, want the rename alone:\n%s", len(short), Reproducer(short))
 	}
-	u.mounted = false
+	if !strings.Contains(Reproducer(short), `Kind: "rename"`) {
+		t.Errorf("reproducer: %s", Reproducer(short))
+	}
 }

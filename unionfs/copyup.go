@@ -85,7 +85,15 @@ func (n *Node) ensureUpperDir() (layerDir, syscall.Errno) {
 	n.mu.Lock()
 	n.dirs = append([]layerDir{up}, n.dirs...)
 	n.mu.Unlock()
+	n.attrsChanged()
 	return up, 0
+}
+
+// attrsChanged tells the kernel to drop the attributes it caches for n: a copy-up changes some of them (a
+// directory becomes merged and reports one link, a copy of a hard-linked file has one link, a copy has its own
+// ctime). Only attributes are invalidated, which takes no lock in the kernel, so it is safe inside a request.
+func (n *Node) attrsChanged() {
+	n.NotifyContent(-1, 0)
 }
 
 // upperDir returns directory n's upper directory, if it has one.
@@ -222,6 +230,7 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	if !metaOnly {
 		n.repointHandles(pup.layer, name)
 	}
+	n.attrsChanged()
 	return true, 0
 }
 
@@ -319,6 +328,7 @@ func (n *Node) completeData() syscall.Errno {
 	n.data = nil
 	n.mu.Unlock()
 	n.repointHandles(n.holder(), name)
+	n.attrsChanged()
 	return 0
 }
 

@@ -263,6 +263,9 @@ func (n *Node) afterMove(opaque bool) {
 	if len(n.dirs) == 1 {
 		n.dirs[0].opacity = whiteout.Opaque
 	}
+	n.mu.Unlock()
+	n.attrsChanged()
+	n.mu.Lock()
 }
 
 // clearUpperDir removes the markers from the upper directory name in d, which the merged view shows empty.

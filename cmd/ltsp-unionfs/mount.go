@@ -47,6 +47,7 @@ func runMount(o *mountOptions, notify *notifier) error {
 	cfg.Logger = logger
 	cfg.Debug = o.debug
 	cfg.ReadOnly = o.readOnly
+	cfg.Whiteout = o.whiteout
 	if o.entryTimeout >= 0 {
 		cfg.EntryTimeout = o.entryTimeout
 	}

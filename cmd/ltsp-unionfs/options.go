@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ type mountOptions struct {
 	workdir    string   // overlayfs's workdir= (accepted; not needed)
 	mountpoint string
 	fsname     string // the mount's source as df(1) and /proc/mounts show it
+	whiteout   string // the marker format to write, "" for the default
 
 	allowOther   bool
 	suid, dev    optBool // unset: the default for the daemon's privileges
@@ -151,6 +153,21 @@ var mountOptionSpecs = []optSpec{
 	flagOpt("noatime", "do not update access times", func(o *mountOptions, on bool) { o.noatime = on }),
 	flagOpt("atime", "update access times (default, relatime)", func(o *mountOptions, on bool) { o.noatime = !on }),
 	flagOpt("relatime", "update access times relative to mtime (default)", func(o *mountOptions, on bool) { o.noatime = !on }),
+	valueOpt("whiteout", "FORMAT", "the marker format written into the upper layer: overlay, aufs or unionfs-fuse "+
+		"(default: the one the upper layer holds, else overlay as root and aufs otherwise)", func(o *mountOptions, v string) error {
+		switch v {
+		case "overlay":
+			if os.Geteuid() != 0 {
+				return usageErrorf("whiteout=overlay needs root: its whiteouts are device nodes and its " +
+					"markers trusted xattrs; use whiteout=aufs")
+			}
+			fallthrough
+		case "aufs", "unionfs-fuse":
+			o.whiteout = v
+			return nil
+		}
+		return usageErrorf("whiteout=%s: want overlay, aufs or unionfs-fuse", v)
+	}),
 	valueOpt("fsname", "NAME", "the source name df(1) and /proc/mounts show", func(o *mountOptions, v string) error {
 		o.fsname = v
 		return nil
