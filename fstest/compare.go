@@ -24,6 +24,8 @@ type CompareOptions struct {
 	IgnoreDirSize bool
 	// IgnoreMtime skips modification times.
 	IgnoreMtime bool
+	// IgnoreXattrs skips xattrs (for unions built without xattr support, such as Debian's unionfs-fuse).
+	IgnoreXattrs bool
 }
 
 // Describe returns a one-line description of every object under root, keyed by path relative to root: type,
@@ -108,11 +110,13 @@ func describeOne(p string, opt CompareOptions) (string, error) {
 		}
 		fmt.Fprintf(&b, " sha256=%s", hex.EncodeToString(h.Sum(nil))[:16])
 	}
-	xattrs, err := describeXattrs(p)
-	if err != nil {
-		return "", err
+	if !opt.IgnoreXattrs {
+		xattrs, err := describeXattrs(p)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(xattrs)
 	}
-	b.WriteString(xattrs)
 	return b.String(), nil
 }
 

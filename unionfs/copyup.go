@@ -74,13 +74,7 @@ func (n *Node) ensureUpperDir() (layerDir, syscall.Errno) {
 	}
 	var st unix.Stat_t
 	sysx.Fstat(fd, &st)
-	up := layerDir{layer: pup.layer, fd: fd, dev: st.Dev, ino: st.Ino, meta: -1}
-	if pup.meta >= 0 {
-		if m, err := sysx.OpenDir(pup.meta, name); err == nil {
-			up.meta = m
-			n.owned.add(m)
-		}
-	}
+	up := layerDir{layer: pup.layer, fd: fd, dev: st.Dev, ino: st.Ino}
 	n.owned.add(fd)
 	n.mu.Lock()
 	n.dirs = append([]layerDir{up}, n.dirs...)
@@ -96,6 +90,13 @@ func (n *Node) attrsChanged() {
 	n.NotifyContent(-1, 0)
 }
 
+// metacopy reports whether the union makes metadata-only copies. Only overlay-format uppers get them: kernel
+// overlayfs (mounted with metacopy=on) reads them, while aufs and unionfs-fuse would show their empty data.
+func (r *Root) metacopy() bool {
+	_, ok := r.format.(whiteout.Overlay)
+	return ok
+}
+
 // upperDir returns directory n's upper directory, if it has one.
 func (n *Node) upperDir() (layerDir, bool) {
 	dirs := n.stack()
@@ -105,34 +106,42 @@ func (n *Node) upperDir() (layerDir, bool) {
 	return layerDir{}, false
 }
 
-// refreshMeta opens the unionfs-fuse meta directory of n's upper directory after a marker was written under it,
-// so that lookups see the marker.
+// refreshMeta gives directory n and its ancestors the upper layer's unionfs-fuse marker directories after a
+// marker was written under n (which creates them along n's path), so that lookups see the marker.
 func (n *Node) refreshMeta() {
 	if _, ok := n.root.format.(whiteout.Unionfs); !ok {
 		return
 	}
-	root := n.root.layers.Upper().meta
-	if root < 0 {
+	up := n.root.layers.Upper()
+	if up.meta < 0 {
 		return
 	}
+	if p, name := n.parentNode(); p != nil {
+		p.refreshMeta()
+		p.mu.RLock()
+		pmeta := metaIn(p.metas, up)
+		p.mu.RUnlock()
+		if pmeta < 0 {
+			return
+		}
+		n.addMeta(up, func() (int, error) { return sysx.OpenDir(pmeta, name) })
+		return
+	}
+	n.addMeta(up, func() (int, error) { return sysx.OpenDir(up.meta, "") })
+}
+
+// addMeta adds the marker directory of layer l that open returns to directory n, unless n has one.
+func (n *Node) addMeta(l *Layer, open func() (int, error)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if len(n.dirs) == 0 || !n.dirs[0].layer.IsUpper() || n.dirs[0].meta >= 0 {
+	if n.dirs == nil || metaIn(n.metas, l) >= 0 {
 		return
 	}
-	fd, err := sysx.OpenDir(root, "")
+	fd, err := open()
 	if err != nil {
 		return
 	}
-	for _, c := range splitPath(n.Path(nil)) {
-		next, err := sysx.OpenDir(fd, c)
-		unix.Close(fd)
-		if err != nil {
-			return
-		}
-		fd = next
-	}
-	n.dirs[0].meta = fd
+	n.metas = append([]metaDir{{layer: l, fd: fd}}, n.metas...)
 	n.owned.add(fd)
 }
 
@@ -195,7 +204,7 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	if obj != (devIno{src.Stat.Dev, src.Stat.Ino}) {
 		return false, syscall.ESTALE
 	}
-	metaOnly := !data && src.Stat.Mode&unix.S_IFMT == unix.S_IFREG && src.Stat.Size > 0
+	metaOnly := !data && n.root.metacopy() && src.Stat.Mode&unix.S_IFMT == unix.S_IFREG && src.Stat.Size > 0
 	opts := cow.Options{
 		MetadataOnly: metaOnly,
 		Skip:         whiteout.IsPrivateXattr,

@@ -44,8 +44,7 @@ func (n *Node) prepareNew(name string) (*newPlace, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	stack := n.stack()
-	res, errno := n.root.resolve(stack, name)
+	res, errno := n.resolve(name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -56,7 +55,7 @@ func (n *Node) prepareNew(name string) (*newPlace, syscall.Errno) {
 	p := &newPlace{up: up, dir: n.upperDirOf(up)}
 	if res.whiteout != nil && res.whiteout.IsUpper() {
 		p.replace = true
-		below, errno := n.root.resolve(stack[1:], name)
+		below, errno := n.resolveBelow(name)
 		if errno != 0 {
 			return nil, errno
 		}
@@ -138,11 +137,11 @@ func (n *Node) publishNew(ctx context.Context, s *cow.Staged, p *newPlace, name 
 		if err != nil {
 			return nil, n.root.layerErrno(p.up.layer, "create", name, err)
 		}
-		ud := layerDir{layer: p.up.layer, fd: fd, dev: st.Dev, ino: st.Ino, meta: -1}
+		ud := layerDir{layer: p.up.layer, fd: fd, dev: st.Dev, ino: st.Ino}
 		if p.below {
 			ud.opacity = whiteout.Opaque
 		}
-		child = n.root.newDirNode([]layerDir{ud}, "")
+		child = n.root.newDirNode([]layerDir{ud}, nil, "")
 	} else {
 		child = n.root.newFileNode(p.up.layer, &st)
 	}

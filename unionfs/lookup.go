@@ -23,7 +23,6 @@ type probe struct {
 	st       unix.Stat_t      // the object's attributes
 	opacity  whiteout.Opacity // directories with a layer below: their opacity
 	redirect string           // directories with a layer below: their redirect xattr, as found
-	meta     int              // the unionfs-fuse meta directory of the parent in that layer, or -1
 	origin   *devIno          // upper non-directories copied up: the identity of the lower original
 	metacopy bool             // upper regular files that are metadata-only copies
 }
@@ -32,8 +31,9 @@ type probe struct {
 type resolution struct {
 	found    []probe // topmost first: one object for a non-directory, one per layer directory for a directory
 	data     *probe  // for a metadata-only copy: the lower file holding the data
-	whiteout *Layer  // the layer whose marker ended the search, if one did
-	tmpfds   []int   // descriptors opened to follow absolute redirects; released by close
+	whiteout *Layer    // the layer whose marker ended the search, if one did
+	metas    []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
+	tmpfds   []int     // descriptors opened to follow absolute redirects; released by close
 }
 
 // close releases the descriptors res opened. The probes' dirfd fields are invalid afterwards.
@@ -42,6 +42,17 @@ func (res *resolution) close() {
 		unix.Close(fd)
 	}
 	res.tmpfds = nil
+	for _, m := range res.metas {
+		unix.Close(m.fd)
+	}
+	res.metas = nil
+}
+
+// takeMetas hands the marker directories to the caller, who closes them.
+func (res *resolution) takeMetas() []metaDir {
+	m := res.metas
+	res.metas = nil
+	return m
 }
 
 // exists reports whether the name resolved to anything.
@@ -52,11 +63,12 @@ func (res *resolution) isDir() bool {
 	return len(res.found) > 0 && res.found[0].st.Mode&unix.S_IFMT == unix.S_IFDIR
 }
 
-// resolve looks name up under a directory whose layer stack is parent (topmost first), with overlayfs's rules
-// (see the package documentation) and every marker format. A directory's redirect makes the layers below it be
-// searched at the redirect's path instead (absolute redirects from each layer's root, as overlayfs does even when
-// the parent has no directory in those layers). The caller must close the result.
-func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Errno) {
+// resolve looks name up in the directory whose view is v, with overlayfs's rules (see the package documentation)
+// and every marker format. A directory's redirect makes the layers below it be searched at the redirect's path
+// instead (absolute redirects from each layer's root, as overlayfs does even when the parent has no directory in
+// those layers). The caller must close the result.
+func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
+	parent := v.dirs
 	res := &resolution{}
 	target := name       // the name to look for in the next layer
 	var absPath []string // set while following an absolute redirect
@@ -64,7 +76,8 @@ func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Err
 	layers := r.layers.all
 	for li := 0; li < len(layers); li++ {
 		l := layers[li]
-		var dirfd, meta int
+		var dirfd int
+		meta := -1
 		var pdOpacity whiteout.Opacity
 		below := false // whether layers below this one can contribute
 		if absPath != nil {
@@ -72,20 +85,26 @@ func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Err
 			if !ok {
 				continue
 			}
-			dirfd, meta, target = fd, -1, absPath[len(absPath)-1]
+			dirfd, target = fd, absPath[len(absPath)-1]
 			below = li < len(layers)-1
 		} else {
+			meta = metaIn(v.metas, l)
 			for pi < len(parent) && parent[pi].layer.Index < l.Index {
 				pi++
 			}
 			if pi >= len(parent) || parent[pi].layer != l || parent[pi].fd < 0 {
+				// The layer has no such directory, but its marker tree may white the name out.
+				if target == name && hasMarker(l, -1, meta, target) {
+					res.whiteout = l
+					break
+				}
 				continue
 			}
 			pd := parent[pi]
-			dirfd, meta, pdOpacity = pd.fd, pd.meta, pd.opacity
+			dirfd, pdOpacity = pd.fd, pd.opacity
 			below = pi < len(parent)-1
 		}
-		p := probe{layer: l, dirfd: dirfd, name: target, meta: meta}
+		p := probe{layer: l, dirfd: dirfd, name: target}
 		err := sysx.Fstatat(dirfd, target, &p.st)
 		if err == syscall.ENOENT || err == syscall.ENOTDIR {
 			if hasMarker(l, dirfd, meta, target) {
@@ -124,19 +143,23 @@ func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Err
 			}
 			break
 		}
-		if below {
-			// Opacity and redirects matter only where there is something below.
-			op, err := whiteout.DirOpacity(dirfd, target)
-			if err != nil && err != syscall.EXDEV {
-				res.close()
-				return nil, r.layerErrno(l, "reading opacity of", target, err)
+		if li < len(layers)-1 {
+			// A redirect leads to the lower layers even where the parent has no directory in them (an
+			// absolute one is looked up from each layer's root); opacity matters where something lies below.
+			p.redirect = r.readRedirect(dirfd, target)
+			if below || p.redirect != "" {
+				op, err := whiteout.DirOpacity(dirfd, target)
+				if err != nil && err != syscall.EXDEV {
+					res.close()
+					return nil, r.layerErrno(l, "reading opacity of", target, err)
+				}
+				if op != whiteout.Opaque && hasMarker(l, dirfd, meta, target) {
+					op = whiteout.Opaque // aufs and unionfs-fuse: a marker beside a directory makes it opaque
+				}
+				p.opacity = op
 			}
-			if op != whiteout.Opaque && hasMarker(l, dirfd, meta, target) {
-				op = whiteout.Opaque // aufs and unionfs-fuse: a marker beside a directory makes it opaque
-			}
-			p.opacity = op
-			if op != whiteout.Opaque {
-				p.redirect = r.readRedirect(dirfd, target)
+			if p.opacity == whiteout.Opaque {
+				p.redirect = ""
 			}
 		}
 		res.found = append(res.found, p)
@@ -158,13 +181,31 @@ func (r *Root) resolve(parent []layerDir, name string) (*resolution, syscall.Err
 		// than fail every access; `check` reports it.
 		res.found[0].metacopy = false
 	}
+	if res.isDir() {
+		for _, m := range v.metas {
+			if fd, err := sysx.OpenDir(m.fd, name); err == nil {
+				res.metas = append(res.metas, metaDir{layer: m.layer, fd: fd})
+			}
+		}
+	}
 	return res, 0
 }
 
-// hasMarker reports whether layer l whites out name in the directory dirfd with an aufs or unionfs-fuse marker
-// (overlay whiteouts are the name itself).
+// metaIn returns the marker directory of layer l in metas, or -1.
+func metaIn(metas []metaDir, l *Layer) int {
+	for _, m := range metas {
+		if m.layer == l {
+			return m.fd
+		}
+	}
+	return -1
+}
+
+// hasMarker reports whether layer l whites out name in the directory dirfd (-1 if the layer has no such
+// directory) or its marker directory meta (-1 if none) with an aufs or unionfs-fuse marker (overlay whiteouts are
+// the name itself).
 func hasMarker(l *Layer, dirfd, meta int, name string) bool {
-	if l.aufs && whiteout.HasAufsWhiteout(dirfd, name) {
+	if dirfd >= 0 && l.aufs && whiteout.HasAufsWhiteout(dirfd, name) {
 		return true
 	}
 	if meta >= 0 && len(name)+len(whiteout.UnionfsHiddenSuffix) <= 255 {
@@ -312,11 +353,7 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if n.isHidden(name) {
 		return nil, syscall.ENOENT
 	}
-	stack := n.stack()
-	if stack == nil {
-		return nil, syscall.ESTALE
-	}
-	res, errno := n.root.resolve(stack, name)
+	res, errno := n.resolve(name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -325,6 +362,25 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, syscall.ENOENT
 	}
 	return n.root.childFromResolution(ctx, n, name, res, out)
+}
+
+// resolve looks name up in directory n (see Root.resolve).
+func (n *Node) resolve(name string) (*resolution, syscall.Errno) {
+	v, ok := n.view()
+	if !ok {
+		return nil, syscall.ESTALE
+	}
+	return n.root.resolve(v, name)
+}
+
+// resolveBelow looks name up in directory n as if the upper layer held nothing: what would show once the upper
+// object of that name is gone.
+func (n *Node) resolveBelow(name string) (*resolution, syscall.Errno) {
+	v, ok := n.view()
+	if !ok {
+		return nil, syscall.ESTALE
+	}
+	return n.root.resolve(v.below(), name)
 }
 
 // childFromResolution returns the node for what name in parent resolved to, reusing parent's existing child when
@@ -352,7 +408,7 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 	if isDir {
 		dirs := make([]layerDir, 0, len(res.found))
 		for _, p := range res.found {
-			d := layerDir{layer: p.layer, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity, meta: -1}
+			d := layerDir{layer: p.layer, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity}
 			fd, err := sysx.OpenDir(p.dirfd, p.name)
 			switch {
 			case err == syscall.EXDEV:
@@ -367,14 +423,9 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 			default:
 				d.fd = fd
 			}
-			if p.meta >= 0 {
-				if m, err := sysx.OpenDir(p.meta, p.name); err == nil {
-					d.meta = m
-				}
-			}
 			dirs = append(dirs, d)
 		}
-		child = r.newDirNode(dirs, r.absRedirect(parent, res))
+		child = r.newDirNode(dirs, res.takeMetas(), r.absRedirect(parent, res))
 	} else {
 		child = r.newFileNode(top.layer, &top.st)
 		if res.data != nil {
@@ -406,9 +457,6 @@ func closeDirs(dirs []layerDir) {
 	for _, d := range dirs {
 		if d.fd >= 0 {
 			unix.Close(d.fd)
-		}
-		if d.meta >= 0 {
-			unix.Close(d.meta)
 		}
 	}
 }

@@ -20,8 +20,37 @@ type layerDir struct {
 	fd       int              // O_PATH descriptor; -1 when the directory is a mount point in its layer
 	dev, ino uint64           // identity of the directory in its layer
 	opacity  whiteout.Opacity // only computed where a lower layer lies below; Transparent otherwise
-	meta     int              // the matching directory of the layer's unionfs-fuse meta tree, or -1
 	st       *unix.Stat_t     // attributes, kept only for mount points (fd == -1)
+}
+
+// metaDir is the directory matching a union directory in one layer's unionfs-fuse meta tree (".unionfs/PATH"),
+// which holds the markers of that layer for the directory's names. A layer can have it without having the
+// directory itself: unionfs-fuse whites out lower names without copying their directories up.
+type metaDir struct {
+	layer *Layer
+	fd    int // O_PATH descriptor
+}
+
+// dirView is what lookup and readdir need of a directory: its layer directories and its marker directories.
+type dirView struct {
+	dirs  []layerDir // topmost first
+	metas []metaDir  // topmost first
+}
+
+// below returns the view without the upper layer: what the directory would show if the upper layer held nothing.
+func (v dirView) below() dirView {
+	out := dirView{}
+	for _, d := range v.dirs {
+		if !d.layer.IsUpper() {
+			out.dirs = append(out.dirs, d)
+		}
+	}
+	for _, m := range v.metas {
+		if !m.layer.IsUpper() {
+			out.metas = append(out.metas, m)
+		}
+	}
+	return out
 }
 
 // fdSet owns descriptors and closes them once. It is separate from Node so that a node go-fuse discards (it
@@ -68,6 +97,7 @@ type Node struct {
 
 	mu       sync.RWMutex
 	dirs     []layerDir     // directories: the layer stack, topmost first; nil once forgotten; protected by mu
+	metas    []metaDir      // directories: unionfs-fuse marker directories, topmost first; protected by mu
 	redirect string         // directories: absolute lower path they were renamed from, or ""; protected by mu
 	layer    *Layer         // non-directories: the layer holding the object; protected by mu
 	obj      devIno         // non-directories: the object's identity in layer; protected by mu
@@ -104,16 +134,17 @@ var (
 	_ fs.NodeCopyFileRanger = (*Node)(nil)
 )
 
-// newDirNode makes a node for a directory with the given layer stack, whose descriptors it takes over.
-func (r *Root) newDirNode(dirs []layerDir, redirect string) *Node {
-	n := &Node{root: r, dirs: dirs, redirect: redirect, anon: -1, owned: &fdSet{}}
+// newDirNode makes a node for a directory with the given layer stack and marker directories, whose descriptors
+// it takes over.
+func (r *Root) newDirNode(dirs []layerDir, metas []metaDir, redirect string) *Node {
+	n := &Node{root: r, dirs: dirs, metas: metas, redirect: redirect, anon: -1, owned: &fdSet{}}
 	for _, d := range dirs {
 		if d.fd >= 0 {
 			n.owned.fds = append(n.owned.fds, d.fd)
 		}
-		if d.meta >= 0 {
-			n.owned.fds = append(n.owned.fds, d.meta)
-		}
+	}
+	for _, m := range metas {
+		n.owned.fds = append(n.owned.fds, m.fd)
 	}
 	// A node that go-fuse never registers is never forgotten: close its descriptors when it is collected.
 	runtime.AddCleanup(n, func(s *fdSet) { s.close() }, n.owned)
@@ -128,7 +159,7 @@ func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
 // OnForget is called when the kernel has forgotten the node: its descriptors are closed.
 func (n *Node) OnForget() {
 	n.mu.Lock()
-	n.dirs = nil
+	n.dirs, n.metas = nil, nil
 	n.anon = -1
 	n.mu.Unlock()
 	if n.owned != nil {
@@ -160,6 +191,13 @@ func (n *Node) stack() []layerDir {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.dirs
+}
+
+// view returns a snapshot of a directory's layer and marker directories; ok is false once the node is forgotten.
+func (n *Node) view() (v dirView, ok bool) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return dirView{dirs: n.dirs, metas: n.metas}, n.dirs != nil
 }
 
 // holder returns the layer holding a non-directory.

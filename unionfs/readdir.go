@@ -100,27 +100,34 @@ func (h *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 // list builds the merged listing of directory n: the names of every layer directory of its stack, topmost first,
 // each once, without markers and whited-out names, with the inode numbers lookup gives them.
 func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
-	stack := n.stack()
-	if stack == nil {
+	v, ok := n.view()
+	if !ok {
 		return nil, syscall.ESTALE
 	}
-	return n.root.listStack(stack, n.StableAttr().Ino, n.parentIno())
+	return n.root.listView(v, n.StableAttr().Ino, n.parentIno())
 }
 
-// listStack builds the merged listing of a directory with the layer stack given (see list).
-func (r *Root) listStack(stack []layerDir, selfIno, parentIno uint64) ([]fuse.DirEntry, syscall.Errno) {
+// listView builds the merged listing of a directory with the view given (see list).
+func (r *Root) listView(v dirView, selfIno, parentIno uint64) ([]fuse.DirEntry, syscall.Errno) {
+	stack := v.dirs
 	entries := []fuse.DirEntry{
 		{Name: ".", Mode: unix.S_IFDIR, Ino: selfIno},
 		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno},
 	}
 	seen := make(map[string]bool)
 	var fromUpper []int // entries whose numbers come from lookup rules (origins, lower directories, redirects)
-	for _, ld := range stack {
-		if ld.fd < 0 {
+	for _, l := range r.layers.all {
+		// The layer's marker directory hides names of the layers below, whether or not the layer has the
+		// directory itself.
+		hides := r.markersIn(l, v)
+		ld, ok := dirIn(stack, l)
+		if !ok {
+			for _, h := range hides {
+				seen[h] = true
+			}
 			continue
 		}
 		atRoot := ld.dev == ld.layer.dev && ld.ino == ld.layer.ino
-		hides := r.markersIn(ld)
 		err := r.readLayerDir(ld, func(name string, dino uint64, typ uint8) syscall.Errno {
 			if name == "." || name == ".." || seen[name] || whiteout.IsMarkerName(name) ||
 				atRoot && whiteout.IsRootMetaName(name) {
@@ -158,7 +165,7 @@ func (r *Root) listStack(stack []layerDir, selfIno, parentIno uint64) ([]fuse.Di
 	// An upper entry's number may come from below it: a copy's origin, a merged or redirected directory's lower
 	// directory. Ask lookup, which knows all the rules.
 	for _, i := range fromUpper {
-		res, errno := r.resolve(stack, entries[i].Name)
+		res, errno := r.resolve(v, entries[i].Name)
 		if errno != 0 {
 			return nil, errno
 		}
@@ -170,19 +177,19 @@ func (r *Root) listStack(stack []layerDir, selfIno, parentIno uint64) ([]fuse.Di
 	return entries, 0
 }
 
-// markersIn returns the names the layer directory ld whites out for the layers below with aufs or unionfs-fuse
-// markers.
-func (r *Root) markersIn(ld layerDir) []string {
+// markersIn returns the names layer l whites out in the directory whose view is v, for the layers below, with
+// aufs or unionfs-fuse markers.
+func (r *Root) markersIn(l *Layer, v dirView) []string {
 	var names []string
-	if ld.layer.aufs {
-		r.readLayerNames(ld.layer, ld.fd, func(name string) {
+	if ld, ok := dirIn(v.dirs, l); ok && l.aufs {
+		r.readLayerNames(l, ld.fd, func(name string) {
 			if hidden, ok := aufsWhiteoutTarget(name); ok && whiteout.IsMarkerName(name) {
 				names = append(names, hidden)
 			}
 		})
 	}
-	if ld.meta >= 0 {
-		r.readLayerNames(ld.layer, ld.meta, func(name string) {
+	if meta := metaIn(v.metas, l); meta >= 0 {
+		r.readLayerNames(l, meta, func(name string) {
 			if h, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && h != "" {
 				names = append(names, h)
 			}

@@ -32,11 +32,7 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 	if n.root.cfg.ReadOnly {
 		return syscall.EROFS
 	}
-	stack := n.stack()
-	if stack == nil {
-		return syscall.ESTALE
-	}
-	res, errno := n.root.resolve(stack, name)
+	res, errno := n.resolve(name)
 	if errno != 0 {
 		return errno
 	}
@@ -129,14 +125,7 @@ func clearInvisible(dirfd int) error {
 // lowerHas reports whether a lower layer has an object called name in directory n that would show if the upper
 // layer had nothing of that name.
 func (n *Node) lowerHas(name string) (bool, syscall.Errno) {
-	stack := n.stack()
-	if stack == nil {
-		return false, syscall.ESTALE
-	}
-	if len(stack) > 0 && stack[0].layer.IsUpper() {
-		stack = stack[1:]
-	}
-	res, errno := n.root.resolve(stack, name)
+	res, errno := n.resolveBelow(name)
 	if errno != 0 {
 		return false, errno
 	}
@@ -156,18 +145,12 @@ func (r *Root) isEmpty(res *resolution) (bool, syscall.Errno) {
 		if err != nil {
 			return false, r.layerErrno(p.layer, "opening directory", p.name, err)
 		}
-		d := layerDir{layer: p.layer, fd: fd, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity, meta: -1}
-		if p.meta >= 0 {
-			if m, err := sysx.OpenDir(p.meta, p.name); err == nil {
-				d.meta = m
-			}
-		}
-		dirs = append(dirs, d)
+		dirs = append(dirs, layerDir{layer: p.layer, fd: fd, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity})
 	}
 	if len(dirs) == 0 {
 		return true, 0
 	}
-	entries, errno := r.listStack(dirs, 0, 0)
+	entries, errno := r.listView(dirView{dirs: dirs, metas: res.metas}, 0, 0)
 	if errno != 0 {
 		return false, errno
 	}

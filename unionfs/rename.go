@@ -41,12 +41,12 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return syscall.EROFS
 	}
 	exchange := flags&unix.RENAME_EXCHANGE != 0
-	src, errno := n.root.resolve(n.stack(), name)
+	src, errno := n.resolve(name)
 	if errno != 0 {
 		return errno
 	}
 	defer src.close()
-	dst, errno := n.root.resolve(m.stack(), newName)
+	dst, errno := m.resolve(newName)
 	if errno != 0 {
 		return errno
 	}

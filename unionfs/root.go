@@ -92,12 +92,7 @@ func New(layers *Layers, cfg Config) (*Root, error) {
 			}
 			return nil, fmt.Errorf("%s: %w", l, err)
 		}
-		d := layerDir{layer: l, fd: fd, dev: l.dev, ino: l.ino, meta: -1}
-		if l.meta >= 0 {
-			if m, err := sysx.OpenDir(l.meta, ""); err == nil {
-				d.meta = m
-			}
-		}
+		d := layerDir{layer: l, fd: fd, dev: l.dev, ino: l.ino}
 		stop := false
 		if i < len(layers.all)-1 {
 			op, err := whiteout.DirOpacity(fd, "")
@@ -115,8 +110,13 @@ func New(layers *Layers, cfg Config) (*Root, error) {
 	r.root, r.dirs, r.anon, r.owned = r, dirs, -1, &fdSet{}
 	for _, d := range dirs {
 		r.owned.fds = append(r.owned.fds, d.fd)
-		if d.meta >= 0 {
-			r.owned.fds = append(r.owned.fds, d.meta)
+	}
+	for _, l := range layers.all {
+		if l.meta >= 0 {
+			if m, err := sysx.OpenDir(l.meta, ""); err == nil {
+				r.metas = append(r.metas, metaDir{layer: l, fd: m})
+				r.owned.fds = append(r.owned.fds, m)
+			}
 		}
 	}
 	r.rootID = r.inos.ino(stackIdentity(dirs))
