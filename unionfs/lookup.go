@@ -29,8 +29,8 @@ type probe struct {
 
 // resolution is what a name means in the merged view.
 type resolution struct {
-	found    []probe // topmost first: one object for a non-directory, one per layer directory for a directory
-	data     *probe  // for a metadata-only copy: the lower file holding the data
+	found    []probe   // topmost first: one object for a non-directory, one per layer directory for a directory
+	data     *probe    // for a metadata-only copy: the lower file holding the data
 	whiteout *Layer    // the layer whose marker ended the search, if one did
 	metas    []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
 	tmpfds   []int     // descriptors opened to follow absolute redirects; released by close
