@@ -1,6 +1,7 @@
 package unionfs
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
 // TestOpenLayersRefuses checks every refusal of OpenLayers and the message it gives.
@@ -206,5 +208,62 @@ func wantList(t *testing.T, dir string, want ...string) {
 	}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("%s lists %q, want %q", dir, got, want)
+	}
+}
+
+// TestMarkersCannotBeForged tries every way through the mount to create, reveal, change or remove the union's
+// markers: marker names cannot be created or renamed onto, private xattrs cannot be read, set or removed, and a
+// whiteout never shows.
+func TestMarkersCannotBeForged(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, format := range []string{"overlay", "aufs", "unionfs-fuse"} {
+		t.Run(format, func(t *testing.T) {
+			u := newTestUnion(t, 1)
+			u.cfg.Whiteout = format
+			os.WriteFile(filepath.Join(u.Lower(0), "gone"), []byte("x"), 0644)
+			os.WriteFile(filepath.Join(u.Lower(0), "file"), []byte("x"), 0644)
+			mnt := u.Mount(t)
+			if err := os.Remove(filepath.Join(mnt, "gone")); err != nil {
+				t.Fatal(err)
+			}
+			want := func(what string, err error, errnos ...syscall.Errno) {
+				t.Helper()
+				for _, e := range errnos {
+					if errors.Is(err, e) {
+						return
+					}
+				}
+				t.Errorf("%s: %v, want one of %v", what, err, errnos)
+			}
+			want("create .wh.file", os.WriteFile(filepath.Join(mnt, ".wh.file"), nil, 0644), syscall.EPERM)
+			want("mkdir .wh..wh..opq", os.Mkdir(filepath.Join(mnt, ".wh..wh..opq"), 0755), syscall.EPERM)
+			want("symlink .wh.x", os.Symlink("x", filepath.Join(mnt, ".wh.x")), syscall.EPERM)
+			want("rename onto .wh.file", unix.Rename(filepath.Join(mnt, "file"), filepath.Join(mnt, ".wh.file")), syscall.EPERM)
+			want("link as .wh.file", os.Link(filepath.Join(mnt, "file"), filepath.Join(mnt, ".wh.file")), syscall.EPERM)
+			want("mkdir .unionfs", os.Mkdir(filepath.Join(mnt, ".unionfs"), 0755), syscall.EPERM)
+			want("open a temporary name", func() error {
+				_, err := os.Open(filepath.Join(mnt, whiteout.TempPrefix+"0123"))
+				return err
+			}(), syscall.ENOENT)
+			buf := make([]byte, 64)
+			for _, attr := range []string{"trusted.overlay.opaque", "trusted.overlay.redirect", "trusted.overlay.metacopy",
+				"trusted.overlay.ltsp.origin", "user.overlay.opaque"} {
+				_, err := unix.Lgetxattr(filepath.Join(mnt, "file"), attr, buf)
+				want("getxattr "+attr, err, syscall.ENODATA)
+				want("setxattr "+attr, unix.Lsetxattr(filepath.Join(mnt, "file"), attr, []byte("y"), 0), syscall.EPERM)
+				want("removexattr "+attr, unix.Lremovexattr(mnt, attr), syscall.EPERM)
+			}
+			os.Chmod(filepath.Join(mnt, "file"), 0600) // copy-up: the copy carries private marks
+			n, err := unix.Llistxattr(filepath.Join(mnt, "file"), buf)
+			if err != nil || bytes.Contains(buf[:n], []byte("overlay.")) {
+				t.Errorf("listxattr shows %q, %v", buf[:n], err)
+			}
+			ents, _ := os.ReadDir(mnt)
+			for _, e := range ents {
+				if e.Name() != "file" {
+					t.Errorf("listing shows %s", e.Name())
+				}
+			}
+		})
 	}
 }

@@ -194,11 +194,8 @@ func TestDpkgInstallOnUnion(t *testing.T) {
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("dpkg %v: %v\n%s%s", args, err, stdout.String(), stderr.String())
 		}
-		for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
-			// dpkg keeps directories that hold files of the image (not in its database), on any filesystem.
-			if line != "" && !strings.Contains(line, "not empty so not removed") {
-				t.Errorf("dpkg %v wrote to stderr: %s", args, line)
-			}
+		for _, line := range dpkgStderr(stderr.String()) {
+			t.Errorf("dpkg %v wrote to stderr: %s", args, line)
 		}
 		return stdout.String()
 	}
@@ -228,4 +225,106 @@ func TestDpkgInstallOnUnion(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(l.mnt, "usr/share/doc/existing")); string(b) != "from the image\n" {
 		t.Errorf("an unrelated lower file changed: %q", b)
 	}
+}
+
+// chrootBinaries are the host programs a dpkg chroot needs (with their libraries, found with ldd).
+var chrootBinaries = []string{"/usr/bin/dpkg", "/usr/bin/dpkg-deb", "/usr/bin/dpkg-query", "/usr/bin/dpkg-split",
+	"/bin/sh", "/usr/bin/rm", "/usr/bin/tar", "/usr/bin/diff", "/sbin/ldconfig", "/sbin/start-stop-daemon"}
+
+// buildChroot copies the programs dpkg needs, with their libraries, into root, and makes an empty dpkg database.
+func buildChroot(t *testing.T, root string) {
+	t.Helper()
+	copyFile := func(src string) {
+		real, err := filepath.EvalSymlinks(src)
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		os.MkdirAll(filepath.Join(root, filepath.Dir(real)), 0755)
+		if out, err := exec.Command("cp", "-aL", real, filepath.Join(root, real)).CombinedOutput(); err != nil {
+			t.Fatalf("cp %s: %v: %s", real, err, out)
+		}
+		if real != src {
+			os.MkdirAll(filepath.Join(root, filepath.Dir(src)), 0755)
+			os.Symlink(real, filepath.Join(root, src))
+		}
+	}
+	for _, b := range chrootBinaries {
+		copyFile(b)
+		out, _ := exec.Command("ldd", b).Output()
+		for _, f := range strings.Fields(string(out)) {
+			if strings.HasPrefix(f, "/") {
+				if _, err := os.Stat(filepath.Join(root, f)); os.IsNotExist(err) {
+					copyFile(f)
+				}
+			}
+		}
+	}
+	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "tmp", "etc"} {
+		os.MkdirAll(filepath.Join(root, d), 0755)
+	}
+	os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0644)
+	os.WriteFile(filepath.Join(root, "var/lib/dpkg/available"), nil, 0644)
+}
+
+// TestDpkgInChroot installs a package with maintainer scripts into a chroot whose root lives in the lower layer:
+// dpkg, its shell and its libraries run from the union.
+func TestDpkgInChroot(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireFUSE(t)
+	l := newLayout(t)
+	buildChroot(t, l.lower)
+	pkg := filepath.Join(l.dir, "pkg")
+	os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0755)
+	os.MkdirAll(filepath.Join(pkg, "usr/share/ltsp-test"), 0755)
+	os.WriteFile(filepath.Join(pkg, "DEBIAN/control"), []byte("Package: ltsp-test\nVersion: 1.0\nArchitecture: all\n"+
+		"Maintainer: t <t@e>\nDescription: test package\n"), 0644)
+	os.WriteFile(filepath.Join(pkg, "DEBIAN/postinst"), []byte("#!/bin/sh\nset -e\necho configured > /var/lib/ltsp-test.state\n"), 0755)
+	os.WriteFile(filepath.Join(pkg, "DEBIAN/postrm"), []byte("#!/bin/sh\nset -e\nrm -f /var/lib/ltsp-test.state\n"), 0755)
+	os.WriteFile(filepath.Join(pkg, "usr/share/ltsp-test/data"), []byte("packaged\n"), 0644)
+	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "--build", pkg, filepath.Join(l.dir, "pkg.deb")).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v: %s", err, out)
+	}
+	mountBG(t, l)
+	deb, _ := os.ReadFile(filepath.Join(l.dir, "pkg.deb"))
+	os.WriteFile(filepath.Join(l.mnt, "tmp/pkg.deb"), deb, 0644)
+	chroot := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("chroot", append([]string{l.mnt}, args...)...)
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("chroot %v: %v\n%s%s", args, err, stdout.String(), stderr.String())
+		}
+		for _, line := range dpkgStderr(stderr.String()) {
+			t.Errorf("chroot %v wrote to stderr: %s", args, line)
+		}
+		return stdout.String()
+	}
+	chroot("/usr/bin/dpkg", "-i", "/tmp/pkg.deb")
+	if b, _ := os.ReadFile(filepath.Join(l.mnt, "var/lib/ltsp-test.state")); string(b) != "configured\n" {
+		t.Errorf("postinst did not run: %q", b)
+	}
+	if out := chroot("/usr/bin/dpkg-query", "-W", "-f=${Status}", "ltsp-test"); out != "install ok installed" {
+		t.Errorf("status %q", out)
+	}
+	chroot("/usr/bin/dpkg", "--purge", "ltsp-test")
+	if _, err := os.Lstat(filepath.Join(l.mnt, "var/lib/ltsp-test.state")); !os.IsNotExist(err) {
+		t.Errorf("postrm did not run: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(l.lower, "var/lib/dpkg/status")); len(b) != 0 {
+		t.Errorf("the lower dpkg database changed")
+	}
+}
+
+// dpkgStderr returns the lines of dpkg's stderr that report a problem: dpkg warns on any filesystem when it keeps
+// a directory that holds files no package owns (those of the image), which is no problem.
+func dpkgStderr(s string) []string {
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		if line != "" && !strings.Contains(line, "not empty so not removed") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
