@@ -24,6 +24,15 @@
 // topmost object is used. readdir reports the same numbers as stat. Like overlayfs, a merged directory reports
 // st_nlink 1.
 //
+// # Changes
+//
+// Every change lands in the upper layer (create.go, remove.go, rename.go, setattr.go). A lower object is copied up
+// before it changes (copyup.go, using package cow): parents first, under the node's copyMu, the node changing in
+// place so that its inode number, its kernel node and its open files stay; open read-only files are re-pointed at
+// the copy. chmod, chown, utimes and xattr changes of a lower regular file make a metadata-only copy (overlay
+// format). Deleting a lower name writes a whiteout in the format of package whiteout that the mount writes;
+// renaming a lower directory redirects it (overlay) or copies its subtree (aufs, unionfs-fuse).
+//
 // # Caching
 //
 // The lower layers are immutable and every change goes through the daemon, so the kernel may cache entries,
@@ -31,6 +40,10 @@
 //
 // # Deviations from overlayfs
 //
+//   - A read-only descriptor opened before a copy-up reads the copy afterwards; overlayfs's keeps reading the
+//     lower file.
+//   - Hard links of a lower file split when one of them is copied up (as overlayfs without index=on); each name
+//     gets its own node (see generation).
 //   - As root, every layer is reached through a private clone of its mount (read-only and noatime for lowers), so
 //     a mount point inside a layer shows the directory underneath, as in overlayfs. A daemon without the
 //     privilege to clone mounts never crosses into a mount inside a layer either: such a directory shows as
