@@ -31,14 +31,17 @@ step "The merged view shows the lower layer"
 ls -la "$mnt" "$mnt/etc"
 cat "$mnt/etc/hostname"
 
-step "Write through the union: a new file and a new directory"
-echo "written through the union" > "$mnt/motd"
+step "Write through the union: change a lower file, add files, delete a lower file"
+echo "demo-client-renamed" > "$mnt/etc/hostname"
+echo "written through the union" > "$mnt/etc/motd"
 mkdir -p "$mnt/var/log"
 echo "boot ok" > "$mnt/var/log/demo.log"
-cat "$mnt/motd" "$mnt/var/log/demo.log"
+rm "$mnt/usr/share/doc/README"
+cat "$mnt/etc/hostname" "$mnt/etc/motd" "$mnt/var/log/demo.log"
+ls -la "$mnt/usr/share/doc"
 
-step "The writes landed in the upper layer"
-(cd "$upper" && find . | sort)
+step "The changes landed in the upper layer (copies, new files, a whiteout for the deleted file)"
+(cd "$upper" && find . -printf '%y %p\n' | sort -k2)
 
 step "The lower layer is unchanged"
 after=$(cd "$lower" && find . -type f -exec sha256sum {} + | sort)
@@ -48,7 +51,7 @@ else
 	echo "THE LOWER LAYER CHANGED" >&2
 	exit 1
 fi
-[ ! -e "$lower/motd" ] && echo "no motd in the lower layer"
+[ ! -e "$lower/etc/motd" ] && echo "no etc/motd in the lower layer; etc/hostname still says $(cat "$lower/etc/hostname")"
 
 step "Unmount"
 pid=$(pgrep -f -- "rw=$upper $mnt\$" || true)
