@@ -237,7 +237,7 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	}
 	n.mu.Unlock()
 	if !metaOnly {
-		n.repointHandles(pup.layer, name)
+		n.repointHandles(pup.layer)
 	}
 	n.attrsChanged()
 	return true, 0
@@ -279,7 +279,7 @@ func (n *Node) copyUpTruncated() syscall.Errno {
 	n.mu.Lock()
 	n.data = nil
 	n.mu.Unlock()
-	n.repointHandles(n.holder(), name)
+	n.repointHandles(n.holder())
 	return 0
 }
 
@@ -336,13 +336,13 @@ func (n *Node) completeData() syscall.Errno {
 	n.mu.Lock()
 	n.data = nil
 	n.mu.Unlock()
-	n.repointHandles(n.holder(), name)
+	n.repointHandles(n.holder())
 	n.attrsChanged()
 	return 0
 }
 
 // repointHandles re-opens n's open read-only files on its upper copy, which holds the data from now on.
-func (n *Node) repointHandles(l *Layer, name string) {
+func (n *Node) repointHandles(l *Layer) {
 	n.mu.RLock()
 	handles := make([]*file, 0, len(n.handles))
 	for f := range n.handles {
@@ -362,6 +362,11 @@ func (n *Node) repointHandles(l *Layer, name string) {
 		fd, err := sysx.Openat(dirfd, name, f.flags&^unix.O_NOATIME, 0)
 		if err != nil {
 			n.root.layerErrno(l, "re-opening after copy-up", name, err)
+			continue
+		}
+		var st unix.Stat_t
+		if err := sysx.Fstat(fd, &st); err != nil || !n.isObject(&st) {
+			unix.Close(fd) // renamed meanwhile: the file keeps its descriptor
 			continue
 		}
 		f.repoint(fd)
