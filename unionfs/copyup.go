@@ -76,6 +76,7 @@ func (n *Node) ensureUpperDir() (layerDir, syscall.Errno) {
 	sysx.Fstat(fd, &st)
 	up := layerDir{layer: pup.layer, fd: fd, dev: st.Dev, ino: st.Ino}
 	n.owned.add(fd)
+	n.root.stats.dirCopyUps.Add(1)
 	n.mu.Lock()
 	n.dirs = append([]layerDir{up}, n.dirs...)
 	n.mu.Unlock()
@@ -230,6 +231,12 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 		}
 		return false, n.root.layerErrno(pup.layer, "copying up", name, err)
 	}
+	if metaOnly {
+		n.root.stats.metaCopyUps.Add(1)
+	} else {
+		n.root.stats.copyUps.Add(1)
+		n.root.stats.copyUpBytes.Add(uint64(src.Stat.Blocks * 512))
+	}
 	n.mu.Lock()
 	n.layer, n.obj = pup.layer, devIno{st.Dev, st.Ino}
 	if metaOnly {
@@ -320,6 +327,8 @@ func (n *Node) completeData() syscall.Errno {
 		return syscall.ESTALE
 	}
 	times := [2]unix.Timespec{st.Atim, st.Mtim}
+	n.root.stats.copyUps.Add(1)
+	n.root.stats.copyUpBytes.Add(uint64(src.Stat.Blocks * 512))
 	if err := cow.CopyData(src, fd); err != nil {
 		unix.Ftruncate(fd, 0)
 		unix.Ftruncate(fd, st.Size)
@@ -346,7 +355,8 @@ func (n *Node) repointHandles(l *Layer) {
 	n.mu.RLock()
 	handles := make([]*file, 0, len(n.handles))
 	for f := range n.handles {
-		if !f.writable {
+		if !f.writable && !f.passthrough {
+			// A passthrough file's reads never reach the daemon: the kernel keeps using the file it registered.
 			handles = append(handles, f)
 		}
 	}

@@ -86,28 +86,55 @@ func TestMetadataOnlyCopyUp(t *testing.T) {
 	}
 }
 
-// TestReaderSeesWritesAfterCopyUp documents what a descriptor opened for reading before a copy-up sees: the union
-// re-points it at the copy, so it reads what later writers write, as on any one filesystem (overlayfs's old
-// descriptors keep reading the lower file instead).
-func TestReaderSeesWritesAfterCopyUp(t *testing.T) {
-	u := newTestUnion(t, 1)
-	os.WriteFile(filepath.Join(u.Lower(0), "f"), []byte("lower!"), 0644)
-	mnt := u.Mount(t)
-	r, err := os.Open(filepath.Join(mnt, "f"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	buf := make([]byte, 6)
-	r.ReadAt(buf, 0)
-	w, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.WriteAt([]byte("UPPER!"), 0)
-	w.Close()
-	if _, err := r.ReadAt(buf, 0); err != nil || string(buf) != "UPPER!" {
-		t.Errorf("the old read-only descriptor reads %q, %v; want the write", buf, err)
+// TestReaderAcrossCopyUp documents what a descriptor opened for reading before another process copies the file
+// up reads afterwards. Through the page cache (no passthrough) the union re-points it at the copy, so it reads
+// what later writers write, as on any single filesystem. With FUSE passthrough the kernel keeps reading the file
+// it registered at open, the lower one, as overlayfs's descriptors do; new opens get the copy (the stale-node
+// retry of Open).
+func TestReaderAcrossCopyUp(t *testing.T) {
+	for _, passthrough := range []bool{false, true} {
+		t.Run(map[bool]string{false: "cached", true: "passthrough"}[passthrough], func(t *testing.T) {
+			u := newTestUnion(t, 1)
+			u.cfg.Passthrough = passthrough
+			os.WriteFile(filepath.Join(u.Lower(0), "f"), []byte("lower!"), 0644)
+			mnt := u.Mount(t)
+			if passthrough && !u.root.Stats().Passthrough {
+				if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" && os.Geteuid() == 0 {
+					t.Fatal("passthrough is not available on this kernel")
+				}
+				t.Skip("no FUSE passthrough here")
+			}
+			r, err := os.Open(filepath.Join(mnt, "f"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			buf := make([]byte, 6)
+			r.ReadAt(buf, 0)
+			w, err := os.OpenFile(filepath.Join(mnt, "f"), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatalf("opening for writing while a reader holds the file: %v", err)
+			}
+			w.WriteAt([]byte("UPPER!"), 0)
+			w.Close()
+			want := "UPPER!"
+			if passthrough {
+				want = "lower!"
+			}
+			if _, err := r.ReadAt(buf, 0); err != nil || string(buf) != want {
+				t.Errorf("the old read-only descriptor reads %q, %v; want %q", buf, err, want)
+			}
+			if got, _ := os.ReadFile(filepath.Join(mnt, "f")); string(got) != "UPPER!" {
+				t.Errorf("a new open reads %q", got)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(int(r.Fd()), &st); err != nil {
+				t.Errorf("fstat of the old descriptor: %v", err)
+			}
+			if s := u.root.Stats(); passthrough && s.StaleRetries == 0 {
+				t.Errorf("no stale-node retry was counted: %+v", s)
+			}
+		})
 	}
 }
 
@@ -279,4 +306,31 @@ func lstatT(t *testing.T, p string) unix.Stat_t {
 		t.Fatalf("Lstat %s: %v", p, err)
 	}
 	return st
+}
+
+// TestWarmWalkStaysInKernel walks the fixture twice: the second walk is served from the kernel's caches and
+// sends (nearly) no lookups to the lower layer, as the daemon's counters show.
+func TestWarmWalkStaysInKernel(t *testing.T) {
+	u := newTestUnion(t, 1)
+	u.lowers[0] = fixtureDir
+	mnt := u.Mount(t)
+	walk := func() {
+		out, err := execCommand("find", mnt, "-printf", "%s %m %u\\n").CombinedOutput()
+		if err != nil {
+			t.Fatalf("find: %v: %s", err, out)
+		}
+	}
+	walk()
+	first := u.root.Stats()
+	walk()
+	second := u.root.Stats()
+	if first.LowerLookups < 100 {
+		t.Fatalf("the first walk made only %d lower lookups: the counters do not count", first.LowerLookups)
+	}
+	if d := second.LowerLookups - first.LowerLookups; d > 5 {
+		t.Errorf("the second walk made %d lower lookups; the kernel should have answered from its caches", d)
+	}
+	if d := second.Requests["lookup"] - first.Requests["lookup"]; d > 5 {
+		t.Errorf("the second walk sent %d LOOKUPs", d)
+	}
 }

@@ -152,6 +152,7 @@ func (n *Node) publishNew(ctx context.Context, s *cow.Staged, p *newPlace, name 
 
 // Create - FUSE call. Makes a regular file owned by the caller in the upper layer and opens it.
 func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	n.root.stats.count(opCreate)
 	p, errno := n.prepareNew(name)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -171,17 +172,15 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	fd := s.TakeFd()
 	child := asNode(inode)
 	f := &file{node: child, fd: fd, flags: unix.O_RDWR, writable: true}
-	child.mu.Lock()
-	if child.handles == nil {
-		child.handles = make(map[*file]bool)
-	}
-	child.handles[f] = true
-	child.mu.Unlock()
-	return inode, f, fuse.FOPEN_KEEP_CACHE, 0
+	child.openMu.Lock()
+	fh := child.register(f, child.obj)
+	child.openMu.Unlock()
+	return inode, fh, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // Mkdir - FUSE call.
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.root.stats.count(opMkdir)
 	p, errno := n.prepareNew(name)
 	if errno != 0 {
 		return nil, errno
@@ -199,6 +198,7 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 
 // Mknod - FUSE call: devices, FIFOs and sockets. The kernel has checked that the caller may make devices.
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.root.stats.count(opMknod)
 	p, errno := n.prepareNew(name)
 	if errno != 0 {
 		return nil, errno
@@ -216,6 +216,7 @@ func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 
 // Symlink - FUSE call.
 func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.root.stats.count(opSymlink)
 	p, errno := n.prepareNew(name)
 	if errno != 0 {
 		return nil, errno
@@ -234,6 +235,7 @@ func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 // Link - FUSE call. Links the target under a new name; a lower target is copied up first (with its data: both
 // names must share it).
 func (n *Node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.root.stats.count(opLink)
 	t := asNode(target.EmbeddedInode())
 	if t == nil || t.isDir() {
 		return nil, syscall.EPERM
@@ -284,6 +286,7 @@ func (n *Node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 // Tmpfile - FUSE call for open(2) with O_TMPFILE: an unnamed file in the upper layer, owned by the caller, which
 // it may later link into place.
 func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	n.root.stats.count(opTmpfile)
 	if n.root.cfg.ReadOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
@@ -314,9 +317,9 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child.anon = anon
 	child.owned = &fdSet{fds: []int{anon}}
 	f := &file{node: child, fd: s.TakeFd(), flags: unix.O_RDWR, writable: true}
-	child.handles = map[*file]bool{f: true}
+	fh := child.register(f, child.obj)
 	ino := n.root.inos.ino(devIno{st.Dev, st.Ino})
 	fillAttr(&out.Attr, &st, ino, false)
 	inode := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
-	return inode, f, fuse.FOPEN_KEEP_CACHE, 0
+	return inode, fh, fuse.FOPEN_KEEP_CACHE, 0
 }

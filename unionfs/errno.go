@@ -32,6 +32,7 @@ var unexpected = map[syscall.Errno]bool{
 // limited to one line per second so that a failing layer cannot flood the log.
 func (r *Root) layerErrno(l *Layer, op, name string, err error) syscall.Errno {
 	errno := toErrno(err)
+	r.stats.countErr(errno)
 	if unexpected[errno] {
 		now := time.Now().Unix()
 		if last := r.lastLog.Load(); now != last && r.lastLog.CompareAndSwap(last, now) {

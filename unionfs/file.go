@@ -19,13 +19,15 @@ import (
 // When the object is copied up while the file is open (another process opened it for writing), the descriptor is
 // re-pointed at the upper copy: every open file of a node always sees the same data, as on any filesystem, and
 // the kernel's page cache (shared by all opens of the node) stays true. This is where the union differs from
-// overlayfs, whose read-only descriptors keep reading the lower file.
+// overlayfs, whose read-only descriptors keep reading the lower file. With passthrough (ptFile) the kernel reads
+// the file it registered at open, so such descriptors keep reading the lower file, as in overlayfs (see Open).
 //
 // ioctls are deliberately not implemented: a forwarded ioctl would run with the daemon's privileges.
 type file struct {
-	node     *Node // immutable
-	flags    int   // the flags the layer file is open with; immutable
-	writable bool  // open for writing (so open on the upper object); immutable
+	node        *Node // immutable
+	flags       int   // the flags the layer file is open with; immutable
+	writable    bool  // open for writing (so open on the upper object); immutable
+	passthrough bool  // the kernel does the I/O on the backing file (see ptFile); set by register
 
 	mu      sync.RWMutex
 	fd      int   // protected by mu; -1 after Release
@@ -49,8 +51,6 @@ func (f *file) current() int {
 	return f.fd
 }
 
-func (f *file) isWritable() bool { return f.writable }
-
 func (f *file) fstat(st *unix.Stat_t) error { return sysx.Fstat(f.current(), st) }
 
 // repoint makes the file read fd from now on.
@@ -67,11 +67,13 @@ func (f *file) repoint(fd int) {
 
 // Read - FUSE call.
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.node.root.stats.count(opRead)
 	return fuse.ReadResultFd(uintptr(f.current()), off, len(dest)), 0
 }
 
 // Write - FUSE call. The kernel sends the offset even for O_APPEND opens (the flag is not passed to the layer).
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	f.node.root.stats.count(opWrite)
 	n, err := unix.Pwrite(f.current(), data, off)
 	if err != nil {
 		return 0, toErrno(err)
@@ -79,18 +81,17 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	return uint32(n), 0
 }
 
-// Flush - FUSE call, on every close(2) of a descriptor. Closing a duplicate of the layer descriptor reports the
-// errors that close(2) on the layer file would (NFS write-back errors, for one).
+// Flush - FUSE call, on every close(2) of a descriptor. It answers ENOSYS, which makes the kernel stop sending
+// FLUSH for the whole mount: one request less for every close, which matters for workloads of many small files.
+// The upper layer is a local filesystem (tmpfs) with no write-back errors for close to report; fsync reports
+// errors as always. Locks are the kernel's own, so FLUSH has nothing to release either.
 func (f *file) Flush(ctx context.Context) syscall.Errno {
-	fd, err := unix.Dup(f.current())
-	if err != nil {
-		return toErrno(err)
-	}
-	return toErrno(unix.Close(fd))
+	return syscall.ENOSYS
 }
 
 // Fsync - FUSE call.
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	f.node.root.stats.count(opFsync)
 	const fsyncFdatasync = 1 // FUSE_FSYNC_FDATASYNC of <linux/fuse.h>
 	if flags&fsyncFdatasync != 0 {
 		return toErrno(unix.Fdatasync(f.current()))
@@ -100,9 +101,8 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 // Release - FUSE call, when the last descriptor of the open file is closed.
 func (f *file) Release(ctx context.Context) syscall.Errno {
-	f.node.mu.Lock()
-	delete(f.node.handles, f)
-	f.node.mu.Unlock()
+	f.node.root.stats.count(opRelease)
+	f.node.unregister(f)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fd >= 0 {
@@ -118,6 +118,7 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 
 // Lseek - FUSE call for SEEK_DATA and SEEK_HOLE.
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	f.node.root.stats.count(opLseek)
 	n, err := unix.Seek(f.current(), int64(off), int(whence))
 	if err != nil {
 		return 0, toErrno(err)
@@ -127,6 +128,7 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 
 // Allocate - FUSE call for fallocate(2).
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	f.node.root.stats.count(opFallocate)
 	return toErrno(unix.Fallocate(f.current(), mode, int64(off), int64(size)))
 }
 
@@ -146,8 +148,23 @@ func wantsWrite(flags uint32) bool {
 
 // Open - FUSE call. Opening a lower file for writing copies it up first (just its metadata if it is truncated
 // on open); a read-only open of a metadata-only copy reads the lower data.
+//
+// With FUSE passthrough the kernel reads and writes the layer file itself. It keeps one I/O mode per inode, and
+// one backing file: while passthrough opens of an inode are live, every open must be passthrough to the same
+// file, and while cached opens are live, none may be passthrough (the mixes fail with EIO). So each node counts
+// its live opens by mode, and an open that needs another file than the live passthrough opens use (the upper
+// copy, after a copy-up) marks the node stale and answers ESTALE: the kernel looks the name up again, gets a new
+// node (same inode number, next generation) and opens that one, while the old opens keep reading the lower file
+// they have.
 func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	n.root.stats.count(opOpen)
 	writable := wantsWrite(flags)
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	if n.stale {
+		n.root.stats.staleRetries.Add(1)
+		return nil, 0, syscall.ESTALE
+	}
 	if writable {
 		if n.root.cfg.ReadOnly {
 			return nil, 0, syscall.EROFS
@@ -168,6 +185,12 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		l, obj = n.data, n.dataObj
 	}
 	n.mu.RUnlock()
+	if n.ptOpens > 0 && obj != n.ptObj {
+		// Live passthrough opens read another file (the lower one this node was copied up from).
+		n.markStale()
+		n.root.stats.staleRetries.Add(1)
+		return nil, 0, syscall.ESTALE
+	}
 	oflags := openFlags(flags)
 	if !l.IsUpper() {
 		oflags |= unix.O_NOATIME
@@ -204,16 +227,66 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		}
 	}
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
+	// Every change to a file goes through the daemon and the kernel's page cache, so cached pages stay true
+	// across opens.
+	return n.register(f, obj), fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// register records a new open file of n and returns the handle go-fuse gets: a passthrough handle when the
+// mount uses passthrough and n has no live cached opens, a cached one otherwise.
+//
+// Preconditions: n.openMu is held (or n is new and unknown to the kernel).
+func (n *Node) register(f *file, obj devIno) fs.FileHandle {
 	n.mu.Lock()
 	if n.handles == nil {
 		n.handles = make(map[*file]bool)
 	}
 	n.handles[f] = true
 	n.mu.Unlock()
-	// Every change to a file goes through the daemon and the kernel's page cache, so cached pages stay true
-	// across opens.
-	return f, fuse.FOPEN_KEEP_CACHE, 0
+	if n.root.passthrough.Load() && n.cachedOpens == 0 {
+		f.passthrough = true
+		n.ptOpens++
+		n.ptObj = obj
+		n.root.stats.passthroughOpens.Add(1)
+		return &ptFile{f}
+	}
+	n.cachedOpens++
+	n.root.stats.cachedOpens.Add(1)
+	return f
 }
+
+// unregister records that an open file of n is released.
+func (n *Node) unregister(f *file) {
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	n.mu.Lock()
+	delete(n.handles, f)
+	n.mu.Unlock()
+	if f.passthrough {
+		n.ptOpens--
+	} else {
+		n.cachedOpens--
+	}
+}
+
+// asFile returns the union's file behind a go-fuse file handle, or nil.
+func asFile(h fs.FileHandle) *file {
+	switch f := h.(type) {
+	case *file:
+		return f
+	case *ptFile:
+		return f.file
+	}
+	return nil
+}
+
+// ptFile is an open file whose reads and writes the kernel does itself on the layer file (FUSE passthrough).
+type ptFile struct{ *file }
+
+var _ fs.FilePassthroughFder = (*ptFile)(nil)
+
+// PassthroughFd - called by go-fuse once, on open: the layer file the kernel registers as backing file.
+func (f *ptFile) PassthroughFd() (int, bool) { return f.current(), true }
 
 // reopen opens the file behind the descriptor fd anew with flags. It is used for files that have no name (made
 // with O_TMPFILE and not yet linked), which only /proc/self/fd reaches.

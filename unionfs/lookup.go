@@ -105,6 +105,11 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 			below = pi < len(parent)-1
 		}
 		p := probe{layer: l, dirfd: dirfd, name: target}
+		if l.IsUpper() {
+			r.stats.upperLookups.Add(1)
+		} else {
+			r.stats.lowerLookups.Add(1)
+		}
 		err := sysx.Fstatat(dirfd, target, &p.st)
 		if err == syscall.ENOENT || err == syscall.ENOTDIR {
 			if hasMarker(l, dirfd, meta, target) {
@@ -350,6 +355,7 @@ func (n *Node) isHidden(name string) bool {
 // one when the kernel revalidates a name it knows, so that node ids of directories that carry mounts (/proc, /dev
 // on a root filesystem) never change.
 func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.root.stats.count(opLookup)
 	if n.isHidden(name) {
 		return nil, syscall.ENOENT
 	}
@@ -398,11 +404,14 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 
 	if ch := parent.GetChild(name); ch != nil {
 		id := ch.StableAttr()
-		if cn := asNode(ch); cn != nil && id.Ino == ino && id.Mode == uint32(mode) && cn.live() {
+		if cn := asNode(ch); cn != nil && id.Ino == ino && id.Mode == uint32(mode) && cn.live() && !cn.isStale() {
 			fillAttr(&out.Attr, &st, ino, merged)
 			return ch, 0
 		}
 	}
+	// A stale node (see Open) may still be registered with this number: the new node needs a later generation,
+	// or go-fuse would hand the stale one back.
+	gen := r.afterStale(ino, generation(parent, name, top))
 
 	var child *Node
 	if isDir {
@@ -433,7 +442,6 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 		}
 	}
 	fillAttr(&out.Attr, &st, ino, merged)
-	gen := generation(parent, name, top)
 	return parent.NewInode(ctx, child, fs.StableAttr{Mode: uint32(mode), Ino: ino, Gen: gen}), 0
 }
 
@@ -459,6 +467,52 @@ func closeDirs(dirs []layerDir) {
 			unix.Close(d.fd)
 		}
 	}
+}
+
+// afterStale returns gen, or a generation after those of the stale nodes of inode number ino still registered.
+func (r *Root) afterStale(ino, gen uint64) uint64 {
+	r.staleMu.Lock()
+	defer r.staleMu.Unlock()
+	if g, ok := r.staleGens[ino]; ok && g >= gen {
+		return g + 1
+	}
+	return gen
+}
+
+// markStale records that n gives its name up to a new node: lookups of its object make nodes of a later
+// generation while n lives.
+//
+// Preconditions: n.openMu is held.
+func (n *Node) markStale() {
+	n.stale = true
+	id := n.StableAttr()
+	r := n.root
+	r.staleMu.Lock()
+	defer r.staleMu.Unlock()
+	if r.staleGens == nil {
+		r.staleGens = make(map[uint64]uint64)
+	}
+	if g := r.staleGens[id.Ino]; g < id.Gen {
+		r.staleGens[id.Ino] = id.Gen
+	}
+}
+
+// forgetStale drops the record of a stale node the kernel has forgotten.
+func (n *Node) forgetStale() {
+	id := n.StableAttr()
+	r := n.root
+	r.staleMu.Lock()
+	defer r.staleMu.Unlock()
+	if r.staleGens[id.Ino] == id.Gen {
+		delete(r.staleGens, id.Ino)
+	}
+}
+
+// isStale reports whether n gave its name up to a new node (see Open).
+func (n *Node) isStale() bool {
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	return n.stale
 }
 
 // live reports whether n can still serve requests: a forgotten directory has closed its descriptors.

@@ -86,12 +86,18 @@ func (s *fdSet) close() {
 
 // Node is a file or directory of the merged view.
 //
-// Lock order: a node's copyMu before its mu; a parent's copyMu is never taken while a child's is held (copy-ups
-// run from the root down, each releasing its lock before the next starts).
+// Lock order: a node's openMu, then its copyMu, then its mu; a parent's copyMu is never taken while a child's is
+// held (copy-ups run from the root down, each releasing its lock before the next starts).
 type Node struct {
 	fs.Inode
 
 	root *Root // immutable
+
+	openMu      sync.Mutex // serialises opens and releases with the passthrough bookkeeping and copy-ups they make
+	stale       bool       // live passthrough opens pin an object the name no longer shows: refuse opens; protected by openMu
+	ptOpens     int        // live passthrough opens; protected by openMu
+	cachedOpens int        // live opens through the page cache; protected by openMu
+	ptObj       devIno     // the object the live passthrough opens use; protected by openMu
 
 	copyMu sync.Mutex // serialises copy-ups of this node
 
@@ -158,6 +164,10 @@ func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
 
 // OnForget is called when the kernel has forgotten the node: its descriptors are closed.
 func (n *Node) OnForget() {
+	n.root.stats.count(opForget)
+	if n.isStale() {
+		n.forgetStale()
+	}
 	n.mu.Lock()
 	n.dirs, n.metas = nil, nil
 	n.anon = -1
@@ -318,27 +328,20 @@ func fillAttr(out *fuse.Attr, st *unix.Stat_t, ino uint64, merged bool) {
 
 // Getattr - FUSE call. Reports the attributes of the topmost object, with the union's inode number.
 func (n *Node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.root.stats.count(opGetattr)
+	// The object behind the name has the attributes. go-fuse passes some open file of the node even when the
+	// caller used a path, and an open file may be on another object (the lower data of a metadata-only copy, the
+	// lower file a passthrough reader keeps), so the file is only asked when the node has no name any more
+	// (deleted while open, or replaced by a newer node).
 	var st unix.Stat_t
-	merged := false
-	fh, _ := f.(*file)
-	n.mu.RLock()
-	pendingData := n.data != nil
-	n.mu.RUnlock()
-	if fh != nil && (fh.isWritable() || !pendingData) {
-		// The handle is open on the object that holds the attributes (a read-only handle of a metadata-only
-		// copy is open on the lower data instead): fstat works even after the name is gone.
-		if err := fh.fstat(&st); err != nil {
-			return toErrno(err)
+	merged, errno := n.statSelf(&st)
+	if errno == syscall.ESTALE {
+		if fh := asFile(f); fh != nil {
+			errno = toErrno(fh.fstat(&st))
 		}
-	} else {
-		var errno syscall.Errno
-		merged, errno = n.statSelf(&st)
-		if errno == syscall.ESTALE && fh != nil {
-			errno = toErrno(fh.fstat(&st)) // deleted while open: the data file's attributes are all there is
-		}
-		if errno != 0 {
-			return errno
-		}
+	}
+	if errno != 0 {
+		return errno
 	}
 	fillAttr(&out.Attr, &st, n.StableAttr().Ino, merged)
 	return 0
@@ -353,6 +356,7 @@ func (n *Node) Access(ctx context.Context, mask uint32) syscall.Errno {
 
 // Readlink - FUSE call.
 func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	n.root.stats.count(opReadlink)
 	var st unix.Stat_t
 	if _, errno := n.statSelf(&st); errno != 0 {
 		return nil, errno
@@ -370,6 +374,7 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // Statfs - FUSE call. Reports the upper layer's filesystem: its free space is what new files and copies can use.
 func (n *Node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	n.root.stats.count(opStatfs)
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(n.root.layers.Upper().fd, &st); err != nil {
 		return toErrno(err)

@@ -18,6 +18,7 @@ import (
 // listing (FOPEN_CACHE_DIR): every change to the directory goes through the daemon, and the kernel drops its cache
 // when it sends one.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	n.root.stats.count(opOpendir)
 	if n.stack() == nil {
 		return nil, 0, syscall.ESTALE
 	}
@@ -46,6 +47,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.entries == nil {
+		h.node.root.stats.count(opReaddir) // one merged listing
 		entries, errno := h.node.list()
 		if errno != 0 {
 			return nil, errno
@@ -128,6 +130,7 @@ func (r *Root) listView(v dirView, selfIno, parentIno uint64) ([]fuse.DirEntry, 
 			continue
 		}
 		atRoot := ld.dev == ld.layer.dev && ld.ino == ld.layer.ino
+		r.stats.layerReaddirs.Add(1)
 		err := r.readLayerDir(ld, func(name string, dino uint64, typ uint8) syscall.Errno {
 			if name == "." || name == ".." || seen[name] || whiteout.IsMarkerName(name) ||
 				atRoot && whiteout.IsRootMetaName(name) {

@@ -16,11 +16,13 @@ import (
 
 // Unlink - FUSE call.
 func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	n.root.stats.count(opUnlink)
 	return n.remove(name, false)
 }
 
 // Rmdir - FUSE call.
 func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	n.root.stats.count(opRmdir)
 	return n.remove(name, true)
 }
 

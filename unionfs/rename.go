@@ -21,6 +21,7 @@ import (
 
 // Rename - FUSE call, with RENAME_NOREPLACE and RENAME_EXCHANGE.
 func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	n.root.stats.count(opRename)
 	m := asNode(newParent.EmbeddedInode())
 	if m == nil {
 		return syscall.EXDEV

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,10 @@ type Config struct {
 
 	// ReadOnly refuses every change with EROFS (mount option ro).
 	ReadOnly bool
+
+	// Passthrough lets the kernel read and write layer files itself (FUSE passthrough) where it can (mount
+	// option nopassthrough turns it off).
+	Passthrough bool
 
 	// Whiteout names the marker format written into the upper layer (flag --whiteout): "overlay", "aufs" or
 	// "unionfs-fuse". Empty means the format the upper layer already holds, else overlay for a root daemon and aufs
@@ -46,6 +51,7 @@ func DefaultConfig() Config {
 		EntryTimeout:    time.Hour,
 		AttrTimeout:     time.Hour,
 		NegativeTimeout: time.Hour,
+		Passthrough:     true,
 		Logger:          log.New(log.Writer(), "ltsp-unionfs: ", 0),
 	}
 }
@@ -61,7 +67,12 @@ type Root struct {
 	format whiteout.Format // the marker format written into the upper layer; immutable
 	priv   string          // prefix of the union's private xattrs: trusted.overlay. (root) or user.overlay.
 
-	lastLog atomic.Int64 // Unix second of the last logged layer error
+	lastLog     atomic.Int64 // Unix second of the last logged layer error
+	stats       stats        // the counters of Stats
+	passthrough atomic.Bool  // opens may use FUSE passthrough (set once the kernel has said it supports it)
+
+	staleMu   sync.Mutex
+	staleGens map[uint64]uint64 // inode number → latest generation of a stale node still registered; protected by staleMu
 }
 
 // New makes the root of a union of layers. The union takes over the layers' descriptors.
@@ -196,7 +207,14 @@ func (r *Root) FSOptions() *fs.Options {
 // Mount mounts the union r on mountpoint and starts serving it. It returns once the kernel has answered the
 // mount, so the mount is live when it returns without error.
 func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
-	return fs.Mount(mountpoint, r, r.FSOptions())
+	server, err := fs.Mount(mountpoint, r, r.FSOptions())
+	if err != nil {
+		return nil, err
+	}
+	if why := r.enablePassthrough(server); why != "" && r.cfg.Passthrough {
+		r.logf("FUSE passthrough off: %s", why)
+	}
+	return server, nil
 }
 
 func (r *Root) logf(format string, args ...any) {

@@ -36,6 +36,7 @@ func (n *Node) writableObject(data bool) (dirfd int, name string, l *Layer, errn
 // clearing of setuid/setgid bits into the mode it sends. Owner changes come first because changing the owner of a
 // file clears its setuid bit on the layer too; the mode is set after it.
 func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	n.root.stats.count(opSetattr)
 	_, truncate := in.GetSize()
 	dirfd, name, l, errno := n.writableObject(truncate)
 	if errno != 0 {
@@ -64,7 +65,7 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	}
 	if size, ok := in.GetSize(); ok {
 		var err error
-		if fh, ok := f.(*file); ok && fh.writable {
+		if fh := asFile(f); fh != nil && fh.writable {
 			err = unix.Ftruncate(fh.current(), int64(size))
 		} else {
 			err = sysx.Truncateat(dirfd, name, int64(size))
@@ -96,7 +97,8 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 
 // Setxattr - FUSE call. The union's private attributes cannot be set: EPERM.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	if whiteout.IsPrivateXattr(attr) {
+	n.root.stats.count(opSetxattr)
+	if whiteout.IsPrivateXattr(attr) || attr == StatsXattr && n.IsRoot() {
 		return syscall.EPERM
 	}
 	dirfd, name, l, errno := n.writableObject(false)
@@ -111,7 +113,8 @@ func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 
 // Removexattr - FUSE call. The union's private attributes cannot be removed: EPERM.
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	if whiteout.IsPrivateXattr(attr) {
+	n.root.stats.count(opRemovexattr)
+	if whiteout.IsPrivateXattr(attr) || attr == StatsXattr && n.IsRoot() {
 		return syscall.EPERM
 	}
 	if _, errno := n.Getxattr(ctx, attr, nil); errno != 0 {
@@ -130,9 +133,9 @@ func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 // CopyFileRange - FUSE call for copy_file_range(2) between two open files of the union.
 func (n *Node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint64, out *fs.Inode, fhOut fs.FileHandle,
 	offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
-	in, ok1 := fhIn.(*file)
-	dst, ok2 := fhOut.(*file)
-	if !ok1 || !ok2 {
+	n.root.stats.count(opCopyFileRange)
+	in, dst := asFile(fhIn), asFile(fhOut)
+	if in == nil || dst == nil {
 		return 0, syscall.EXDEV
 	}
 	if !dst.writable {

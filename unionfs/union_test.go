@@ -23,6 +23,7 @@ type testUnion struct {
 	mnt    string
 	cfg    Config
 	server *fuse.Server
+	root   *Root // the mounted union's root, for its counters
 }
 
 // newTestUnion makes layer directories for a union of nLowers lowers; nothing is mounted yet.
@@ -86,6 +87,7 @@ func (u *testUnion) Mount(t *testing.T) string {
 		layers.Close()
 		t.Fatalf("New: %v", err)
 	}
+	u.root = root
 	u.server, err = Mount(u.mnt, root)
 	if err != nil {
 		layers.Close()

@@ -27,8 +27,19 @@ func (n *Node) objectAt() (dirfd int, name string, l *Layer, errno syscall.Errno
 
 // Getxattr - FUSE call. The union's private attributes (trusted.overlay.*) read as absent.
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	n.root.stats.count(opGetxattr)
 	if whiteout.IsPrivateXattr(attr) {
 		return 0, syscall.ENODATA
+	}
+	if attr == StatsXattr && n.IsRoot() {
+		b := n.root.statsJSON()
+		if len(dest) == 0 {
+			return uint32(len(b)), 0
+		}
+		if len(dest) < len(b) {
+			return uint32(len(b)), syscall.ERANGE
+		}
+		return uint32(copy(dest, b)), 0
 	}
 	dirfd, name, l, errno := n.objectAt()
 	if errno != 0 {
@@ -50,6 +61,7 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 
 // Listxattr - FUSE call. The union's private attributes are left out.
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	n.root.stats.count(opListxattr)
 	dirfd, name, l, errno := n.objectAt()
 	if errno != 0 {
 		return 0, errno

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -85,7 +86,9 @@ func runMount(o *mountOptions, notify *notifier) error {
 		}
 	}
 	logger.Printf("mounted %s", describeUnion(mnt, layers))
+	stopProfiles := startProfiles(o, logger)
 	server.Wait()
+	stopProfiles()
 	logger.Printf("unmounted %s", mnt)
 	return nil
 }
@@ -146,6 +149,38 @@ func mountErrorHint(err error) error {
 		return fmt.Errorf("%w (mounting needs root, or fusermount3 for other users)", err)
 	}
 	return err
+}
+
+// startProfiles starts the developer profiles asked for and returns the function that writes them.
+func startProfiles(o *mountOptions, logger interface{ Printf(string, ...any) }) func() {
+	var cpu *os.File
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			logger.Printf("cpuprofile: %v", err)
+		} else {
+			cpu = f
+		}
+	}
+	return func() {
+		if cpu != nil {
+			pprof.StopCPUProfile()
+			cpu.Close()
+		}
+		if o.memProfile != "" {
+			f, err := os.Create(o.memProfile)
+			if err == nil {
+				err = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+			if err != nil {
+				logger.Printf("memprofile: %v", err)
+			}
+		}
+	}
 }
 
 // describeUnion names a mounted union's layers for the log.

@@ -33,6 +33,8 @@ type mountOptions struct {
 	negTimeout   time.Duration
 
 	notes []string // one log line per option accepted without effect
+
+	cpuProfile, memProfile string // developer flags: profiles written at unmount
 }
 
 // optBool is an on/off mount option pair (suid/nosuid) whose unset state means "the default".

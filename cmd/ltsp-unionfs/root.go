@@ -65,6 +65,10 @@ func newRootCommand(notify *notifier) *cobra.Command {
 	flags.BoolVarP(&o.debug, "debug", "d", false, "log every FUSE request (implies nothing else)")
 	flags.StringArrayVarP(&optionLists, "options", "o", nil, "mount options, comma-separated (see above)")
 	addMountFlags(flags, o)
-	cmd.AddCommand(newVersionCommand())
+	flags.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to `file` when unmounted (for developers)")
+	flags.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to `file` when unmounted (for developers)")
+	flags.MarkHidden("cpuprofile")
+	flags.MarkHidden("memprofile")
+	cmd.AddCommand(newStatsCommand(), newVersionCommand())
 	return cmd
 }
