@@ -24,10 +24,10 @@ type workload struct {
 
 // env is what a workload runs against.
 type env struct {
-	mnt    string // where to run
-	img    *image
-	pid    int // the FUSE daemon, or 0
-	quick  bool
+	mnt   string // where to run
+	img   *image
+	pid   int // the FUSE daemon, or 0
+	quick bool
 }
 
 // allWorkloads lists the workloads in the order they run on one mount: reads first, then changes.
@@ -87,7 +87,7 @@ func allWorkloads(cfg config, img *image) []workload {
 			return kib / 1024, err
 		}},
 		{name: "boot-like chroot", unit: "s", run: func(e *env) (float64, error) {
-			return timed(`chroot "$1" /bin/sh -c 'i=0; while [ $i -lt 200 ]; do /bin/ls /etc > /dev/null; /bin/sh -c true; dpkg -l > /dev/null; i=$((i+1)); done'`, e.mnt)
+			return timed(`chroot "$1" /bin/sh -ec 'i=0; while [ $i -lt 200 ]; do /bin/ls /etc > /dev/null; /bin/sh -c true; dpkg -l > /dev/null; i=$((i+1)); done'`, e.mnt)
 		}},
 		{name: "copy-up append 2000 files", unit: "s", writes: true, upOnly: true, run: func(e *env) (float64, error) {
 			list, err := writeList(e.img.appendSet)

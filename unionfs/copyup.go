@@ -64,6 +64,9 @@ func (n *Node) ensureUpperDir() (layerDir, syscall.Errno) {
 	if err != nil {
 		return layerDir{}, n.root.layerErrno(pup.layer, "copying up directory", name, err)
 	}
+	restore := keepTimes(pup.fd)
+	defer parent.attrsChanged()
+	defer restore()
 	if err := s.Publish(name); err != nil {
 		s.Discard()
 		return layerDir{}, n.root.layerErrno(pup.layer, "copying up directory", name, err)
@@ -82,6 +85,20 @@ func (n *Node) ensureUpperDir() (layerDir, syscall.Errno) {
 	n.mu.Unlock()
 	n.attrsChanged()
 	return up, 0
+}
+
+// keepTimes returns a function that gives the directory dirfd back the access and modification times it has
+// now. A copy-up links a copy into its parent's upper directory; like overlayfs, the union does not let that show
+// as a change of the parent (only its ctime moves).
+func keepTimes(dirfd int) func() {
+	var st unix.Stat_t
+	if err := sysx.Fstat(dirfd, &st); err != nil {
+		return func() {}
+	}
+	return func() {
+		ts := [2]unix.Timespec{st.Atim, st.Mtim}
+		sysx.Utimensat(dirfd, "", &ts)
+	}
 }
 
 // attrsChanged tells the kernel to drop the attributes it caches for n: a copy-up changes some of them (a
@@ -224,6 +241,9 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 		s.Discard()
 		return false, toErrno(err)
 	}
+	restore := keepTimes(pup.fd)
+	defer parent.attrsChanged()
+	defer restore()
 	if err := s.Publish(name); err != nil {
 		s.Discard()
 		if err == syscall.EEXIST {

@@ -173,9 +173,9 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	child := asNode(inode)
 	f := &file{node: child, fd: fd, flags: unix.O_RDWR, writable: true}
 	child.openMu.Lock()
-	fh := child.register(f, child.obj)
+	fh, fuseFlags := child.register(f, child.obj, 0)
 	child.openMu.Unlock()
-	return inode, fh, fuse.FOPEN_KEEP_CACHE, 0
+	return inode, fh, fuseFlags, 0
 }
 
 // Mkdir - FUSE call.
@@ -317,9 +317,9 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child.anon = anon
 	child.owned = &fdSet{fds: []int{anon}}
 	f := &file{node: child, fd: s.TakeFd(), flags: unix.O_RDWR, writable: true}
-	fh := child.register(f, child.obj)
+	fh, fuseFlags := child.register(f, child.obj, 0)
 	ino := n.root.inos.ino(devIno{st.Dev, st.Ino})
 	fillAttr(&out.Attr, &st, ino, false)
 	inode := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})
-	return inode, fh, fuse.FOPEN_KEEP_CACHE, 0
+	return inode, fh, fuseFlags, 0
 }

@@ -227,32 +227,50 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		}
 	}
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
-	// Every change to a file goes through the daemon and the kernel's page cache, so cached pages stay true
-	// across opens.
-	return n.register(f, obj), fuse.FOPEN_KEEP_CACHE, 0
+	fh, fuseFlags := n.register(f, obj, st.Size)
+	return fh, fuseFlags, 0
 }
 
-// register records a new open file of n and returns the handle go-fuse gets: a passthrough handle when the
-// mount uses passthrough and n has no live cached opens, a cached one otherwise.
+// register records a new open file of n, of size bytes, and returns the handle go-fuse gets and the open flags
+// for the kernel.
+//
+// The handle is a passthrough one when the mount uses passthrough, n has no live cached opens, and the file is
+// opened for writing or holds at least Config.PassthroughMinSize bytes. Smaller files opened for reading go
+// through the page cache: after its first read such a file costs one OPEN and one RELEASE per open, while a
+// passthrough open also registers a backing file and makes every read drop the inode's cached atime, which costs
+// the next stat a GETATTR. Large files and writers gain more from passthrough: no request per read or write.
+//
+// Cached opens keep the kernel's page cache (FOPEN_KEEP_CACHE): every change goes through the daemon or, with
+// passthrough, through the backing file, so the only pages that can be stale are those cached before a
+// passthrough writer; the first cached open after one drops them.
 //
 // Preconditions: n.openMu is held (or n is new and unknown to the kernel).
-func (n *Node) register(f *file, obj devIno) fs.FileHandle {
+func (n *Node) register(f *file, obj devIno, size int64) (fs.FileHandle, uint32) {
 	n.mu.Lock()
 	if n.handles == nil {
 		n.handles = make(map[*file]bool)
 	}
 	n.handles[f] = true
 	n.mu.Unlock()
-	if n.root.passthrough.Load() && n.cachedOpens == 0 {
+	usePassthrough := n.root.passthrough.Load() && n.cachedOpens == 0 &&
+		(n.ptOpens > 0 || f.writable || size >= n.root.cfg.PassthroughMinSize)
+	if usePassthrough {
 		f.passthrough = true
 		n.ptOpens++
 		n.ptObj = obj
+		if f.writable {
+			n.pagesStale = true
+		}
 		n.root.stats.passthroughOpens.Add(1)
-		return &ptFile{f}
+		return &ptFile{f}, 0
 	}
 	n.cachedOpens++
 	n.root.stats.cachedOpens.Add(1)
-	return f
+	if n.pagesStale {
+		n.pagesStale = false
+		return f, 0
+	}
+	return f, fuse.FOPEN_KEEP_CACHE
 }
 
 // unregister records that an open file of n is released.

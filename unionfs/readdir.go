@@ -18,7 +18,6 @@ import (
 // listing (FOPEN_CACHE_DIR): every change to the directory goes through the daemon, and the kernel drops its cache
 // when it sends one.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	n.root.stats.count(opOpendir)
 	if n.stack() == nil {
 		return nil, 0, syscall.ESTALE
 	}
@@ -72,7 +71,16 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 		h.entries, h.pos = nil, 0
 		return 0
 	}
-	if h.entries == nil || off > uint64(len(h.entries)) {
+	if h.entries == nil {
+		// A handle opened to continue a listing at an offset (see handleFreeDirs).
+		h.node.root.stats.count(opReaddir)
+		entries, errno := h.node.list()
+		if errno != 0 {
+			return errno
+		}
+		h.entries = entries
+	}
+	if off > uint64(len(h.entries)) {
 		return syscall.EINVAL
 	}
 	h.pos = int(off)

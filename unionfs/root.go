@@ -29,6 +29,10 @@ type Config struct {
 	// Passthrough lets the kernel read and write layer files itself (FUSE passthrough) where it can (mount
 	// option nopassthrough turns it off).
 	Passthrough bool
+	// PassthroughMinSize is the size from which files opened only for reading use passthrough (mount option
+	// passthrough_min_size); smaller ones go through the page cache, which costs fewer requests per open (see
+	// Node.register). Files opened for writing use passthrough whatever their size.
+	PassthroughMinSize int64
 
 	// Whiteout names the marker format written into the upper layer (flag --whiteout): "overlay", "aufs" or
 	// "unionfs-fuse". Empty means the format the upper layer already holds, else overlay for a root daemon and aufs
@@ -52,7 +56,10 @@ func DefaultConfig() Config {
 		AttrTimeout:     time.Hour,
 		NegativeTimeout: time.Hour,
 		Passthrough:     true,
-		Logger:          log.New(log.Writer(), "ltsp-unionfs: ", 0),
+		// Shared libraries and executables below 1 MiB are most of what a boot opens; the large ones, and
+		// data files, stream without a request per read.
+		PassthroughMinSize: 1 << 20,
+		Logger:             log.New(log.Writer(), "ltsp-unionfs: ", 0),
 	}
 }
 
@@ -197,6 +204,9 @@ func (r *Root) FSOptions() *fs.Options {
 	opts.MountOptions.ExtraCapabilities |= fuse.CAP_ATOMIC_O_TRUNC
 	// The kernel enforces POSIX ACLs (lower files have them; file capabilities and ACLs must work as on tmpfs).
 	opts.MountOptions.EnableAcl = true
+	// A symlink's target never changes (a new target is a new inode), so the kernel may keep what it read. Without
+	// this every readlink is a round trip and also invalidates the link's cached atime, costing a GETATTR more.
+	opts.MountOptions.EnableSymlinkCaching = true
 	if opts.MountOptions.Logger == nil {
 		opts.MountOptions.Logger = r.cfg.Logger
 	}
@@ -207,8 +217,14 @@ func (r *Root) FSOptions() *fs.Options {
 // Mount mounts the union r on mountpoint and starts serving it. It returns once the kernel has answered the
 // mount, so the mount is live when it returns without error.
 func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
-	server, err := fs.Mount(mountpoint, r, r.FSOptions())
+	opts := r.FSOptions()
+	server, err := fuse.NewServer(newHandleFreeDirs(fs.NewNodeFS(r, opts)), mountpoint, &opts.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		server.Unmount()
 		return nil, err
 	}
 	if why := r.enablePassthrough(server); why != "" && r.cfg.Passthrough {

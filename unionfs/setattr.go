@@ -92,7 +92,12 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			return fail("utimes", err)
 		}
 	}
-	return n.Getattr(ctx, f, out)
+	if errno := n.Getattr(ctx, f, out); errno != 0 {
+		return errno
+	}
+	// go-fuse leaves SETATTR replies without a validity, which would make the next stat a GETATTR.
+	out.SetTimeout(n.root.cfg.AttrTimeout)
+	return 0
 }
 
 // Setxattr - FUSE call. The union's private attributes cannot be set: EPERM.

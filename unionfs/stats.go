@@ -29,7 +29,6 @@ const (
 	opUnlink
 	opRmdir
 	opRename
-	opOpendir
 	opReaddir
 	opGetxattr
 	opListxattr
@@ -48,7 +47,7 @@ const (
 )
 
 var opNames = [opCount]string{"lookup", "getattr", "setattr", "readlink", "open", "create", "tmpfile", "mkdir",
-	"mknod", "symlink", "link", "unlink", "rmdir", "rename", "opendir", "readdir", "getxattr", "listxattr",
+	"mknod", "symlink", "link", "unlink", "rmdir", "rename", "readdir", "getxattr", "listxattr",
 	"setxattr", "removexattr", "statfs", "read", "write", "fsync", "release", "lseek", "fallocate",
 	"copy_file_range", "forget"}
 

@@ -49,6 +49,10 @@ func runMount(o *mountOptions, notify *notifier) error {
 	cfg.Debug = o.debug
 	cfg.ReadOnly = o.readOnly
 	cfg.Whiteout = o.whiteout
+	cfg.Passthrough = o.passthrough.or(cfg.Passthrough)
+	if o.ptMinSize >= 0 {
+		cfg.PassthroughMinSize = o.ptMinSize
+	}
 	if o.entryTimeout >= 0 {
 		cfg.EntryTimeout = o.entryTimeout
 	}

@@ -28,6 +28,8 @@ type mountOptions struct {
 	exec         optBool
 	readOnly     bool
 	noatime      bool
+	passthrough  optBool
+	ptMinSize    int64 // -1: the default
 	entryTimeout time.Duration
 	attrTimeout  time.Duration
 	negTimeout   time.Duration
@@ -180,6 +182,19 @@ var mountOptionSpecs = []optSpec{
 		}
 		return nil
 	}),
+	flagOpt("passthrough", "let the kernel read and write layer files directly (FUSE passthrough) where the kernel "+
+		"and the daemon's privileges allow (default)", func(o *mountOptions, on bool) { onOff(&o.passthrough, on) }),
+	flagOpt("nopassthrough", "serve every read and write through the daemon and the page cache",
+		func(o *mountOptions, on bool) { onOff(&o.passthrough, !on) }),
+	valueOpt("passthrough_min_size", "BYTES", "files smaller than this (suffixes K, M, G) opened only for reading "+
+		"go through the page cache instead of passthrough (default 1M)", func(o *mountOptions, v string) error {
+		n, err := parseSize(v)
+		if err != nil {
+			return usageErrorf("mount option passthrough_min_size=%s: want a size in bytes, such as 65536 or 1M", v)
+		}
+		o.ptMinSize = n
+		return nil
+	}),
 	timeoutOpt("entry_timeout", "names", func(o *mountOptions) *time.Duration { return &o.entryTimeout }),
 	timeoutOpt("attr_timeout", "attributes", func(o *mountOptions) *time.Duration { return &o.attrTimeout }),
 	timeoutOpt("negative_timeout", "absent names", func(o *mountOptions) *time.Duration { return &o.negTimeout }),
@@ -201,6 +216,24 @@ var mountOptionSpecs = []optSpec{
 	ignoredOpt("group"),
 	ignoredOpt("async"),
 	ignoredOpt("nonempty"),
+}
+
+// parseSize parses a byte count with an optional binary suffix K, M or G.
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(v, "K"):
+		mult, v = 1<<10, strings.TrimSuffix(v, "K")
+	case strings.HasSuffix(v, "M"):
+		mult, v = 1<<20, strings.TrimSuffix(v, "M")
+	case strings.HasSuffix(v, "G"):
+		mult, v = 1<<30, strings.TrimSuffix(v, "G")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("bad size %q", v)
+	}
+	return n * mult, nil
 }
 
 // isIgnoredOptionName reports whether an option that has no flag of its own is still accepted: mount(8)'s

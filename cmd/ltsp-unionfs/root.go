@@ -28,7 +28,7 @@ Mount options (-o NAME[=VALUE],... or --NAME[=VALUE]):
 
 // newRootCommand builds the command line: the root command mounts, subcommands do everything else.
 func newRootCommand(notify *notifier) *cobra.Command {
-	o := &mountOptions{entryTimeout: -1, attrTimeout: -1, negTimeout: -1}
+	o := &mountOptions{entryTimeout: -1, attrTimeout: -1, negTimeout: -1, ptMinSize: -1}
 	var optionLists []string
 	cmd := &cobra.Command{
 		Use:   "ltsp-unionfs [flags] ro=DIR[:DIR...] rw=DIR MOUNTPOINT",
