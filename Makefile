@@ -4,6 +4,8 @@
 #   make demo       build, then mount a union over a sample tree and show what it does
 #   make test       the full gate: gofmt, go vet, staticcheck, go test -race (root and /dev/fuse for all of it)
 #   make install    install the binary under $(DESTDIR)$(PREFIX)
+#   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
+#   make bench-quick  the same in under 3 minutes: one repetition, short fio runs, no dpkg workload
 
 GO          ?= go
 PREFIX      ?= /usr/local
@@ -15,7 +17,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 export CGO_ENABLED = 0
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
-.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean
+.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps
 
 all: build
 
@@ -45,6 +47,19 @@ gotest:
 check-mounts:
 	@left=$$(grep -E ' fuse\.ltsp-unionfs ' /proc/self/mounts | grep ltsp-unionfs- || true); \
 	if [ -n "$$left" ]; then echo "tests left mounts behind:"; echo "$$left"; exit 1; fi
+
+# The peers and tools the benchmark runs, from Debian's packages; installed only when missing.
+BENCH_DEPS = fuse-overlayfs:fuse-overlayfs unionfs:unionfs-fuse mergerfs:mergerfs fio:fio \
+	debootstrap:debootstrap mksquashfs:squashfs-tools fusermount3:fuse3
+bench-deps:
+	@missing=; for d in $(BENCH_DEPS); do command -v $${d%%:*} >/dev/null || missing="$$missing $${d##*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+
+bench: bench-deps
+	$(GO) run ./benchmarks $(BENCHFLAGS)
+
+bench-quick: bench-deps
+	$(GO) run ./benchmarks --quick $(BENCHFLAGS)
 
 install: build
 	install -D -m 0755 ltsp-unionfs $(DESTDIR)$(PREFIX)/bin/ltsp-unionfs

@@ -87,7 +87,9 @@ func allWorkloads(cfg config, img *image) []workload {
 			return kib / 1024, err
 		}},
 		{name: "boot-like chroot", unit: "s", run: func(e *env) (float64, error) {
-			return timed(`chroot "$1" /bin/sh -ec 'i=0; while [ $i -lt 200 ]; do /bin/ls /etc > /dev/null; /bin/sh -c true; dpkg -l > /dev/null; i=$((i+1)); done'`, e.mnt)
+			// The peers mount nodev: bind the host's /dev, so that every system runs the same commands.
+			return timed(`mount --bind /dev "$1/dev" && trap 'umount "$1/dev"' EXIT &&
+				chroot "$1" /bin/sh -ec 'i=0; while [ $i -lt 200 ]; do /bin/ls /etc > /dev/null; /bin/sh -c true; dpkg -l > /dev/null; i=$((i+1)); done'`, e.mnt)
 		}},
 		{name: "copy-up append 2000 files", unit: "s", writes: true, upOnly: true, run: func(e *env) (float64, error) {
 			list, err := writeList(e.img.appendSet)
@@ -128,7 +130,8 @@ func allWorkloads(cfg config, img *image) []workload {
 					return 0, err
 				}
 			}
-			return timed(`chroot "$1" /bin/sh -c 'dpkg -i /tmp/debs/*.deb > /dev/null'`, e.mnt)
+			return timed(`mount --bind /dev "$1/dev" && trap 'umount "$1/dev"' EXIT &&
+				chroot "$1" /bin/sh -ec 'dpkg -i /tmp/debs/*.deb > /dev/null'`, e.mnt)
 		}})
 	}
 	return ws

@@ -3,7 +3,9 @@ package cow
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -174,10 +176,10 @@ func copyData(in, out int, size int64) error {
 }
 
 // copyRange copies n bytes at off from in to out: copy_file_range(2) where the kernel can (no data through the
-// daemon, reflinks on filesystems that have them), pread/pwrite otherwise.
+// daemon, reflinks on filesystems that have them), else sendfile(2) (an in-kernel copy between any two
+// filesystems, such as squashfs to tmpfs), and pread/pwrite through a pooled buffer as the last resort.
 func copyRange(in, out int, off, n int64) error {
-	useCFR := true
-	var buf []byte
+	useCFR, useSendfile := true, true
 	for n > 0 {
 		chunk := min(n, 1<<30)
 		if useCFR {
@@ -190,25 +192,74 @@ func copyRange(in, out int, off, n int64) error {
 			if err == nil {
 				return nil // the source is shorter than it said: the final truncate sets the size
 			}
-			if errors.Is(err, syscall.EXDEV) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) ||
-				errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EBADF) {
-				useCFR = false
+			if !unsupported(err) {
+				return err
+			}
+			useCFR = false
+		}
+		if useSendfile {
+			c, err := sendfileAt(in, out, off, int(chunk))
+			if err == nil && c > 0 {
+				off, n = off+int64(c), n-int64(c)
 				continue
 			}
-			return err
+			if err == nil {
+				return nil
+			}
+			if !unsupported(err) {
+				return err
+			}
+			useSendfile = false
 		}
-		if buf == nil {
-			buf = make([]byte, 1<<20)
-		}
-		r, err := unix.Pread(in, buf[:min(chunk, int64(len(buf)))], off)
-		if err == syscall.EINTR {
-			continue
-		}
+		c, err := preadPwrite(in, out, off, chunk)
 		if err != nil {
 			return err
 		}
-		if r == 0 {
+		if c == 0 {
 			return nil
+		}
+		off, n = off+c, n-c
+	}
+	return nil
+}
+
+// unsupported reports whether a copy syscall failed because it cannot copy between these two files, rather
+// than because of an I/O error.
+func unsupported(err error) bool {
+	return errors.Is(err, syscall.EXDEV) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) ||
+		errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EBADF)
+}
+
+// sendfileAt copies up to n bytes at off from in to the same offset of out.
+func sendfileAt(in, out int, off int64, n int) (int, error) {
+	if _, err := unix.Seek(out, off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	for {
+		o := off
+		c, err := unix.Sendfile(out, in, &o, n)
+		if err == syscall.EINTR {
+			continue
+		}
+		return c, err
+	}
+}
+
+// copyBuffers are the buffers of preadPwrite, kept between copy-ups.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// preadPwrite copies up to n bytes at off from in to out through a buffer and returns how many it copied.
+func preadPwrite(in, out int, off, n int64) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	for {
+		r, err := unix.Pread(in, buf[:min(n, int64(len(buf)))], off)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil || r == 0 {
+			return 0, err
 		}
 		for w := 0; w < r; {
 			k, err := unix.Pwrite(out, buf[w:r], off+int64(w))
@@ -216,13 +267,12 @@ func copyRange(in, out int, off, n int64) error {
 				continue
 			}
 			if err != nil {
-				return err
+				return 0, err
 			}
 			w += k
 		}
-		off, n = off+int64(r), n-int64(r)
+		return int64(r), nil
 	}
-	return nil
 }
 
 // copyXattrs copies src's xattrs to dst (see the package documentation), and removes POSIX ACLs that dst got
