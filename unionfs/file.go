@@ -74,7 +74,12 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 // Write - FUSE call. The kernel sends the offset even for O_APPEND opens (the flag is not passed to the layer).
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.node.root.stats.count(opWrite)
-	n, err := unix.Pwrite(f.current(), data, off)
+	fd := f.current()
+	// A write clears setuid/setgid as the kernel would (see killpriv.go).
+	if err := f.node.killPrivsFd(fd, requestCaller(ctx)); err != nil {
+		return 0, toErrno(err)
+	}
+	n, err := unix.Pwrite(fd, data, off)
 	if err != nil {
 		return 0, toErrno(err)
 	}
@@ -225,9 +230,15 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, toErrno(err)
 		}
+		st.Size = 0
+		if err := n.killPrivsFd(fd, requestCaller(ctx)); err != nil {
+			unix.Close(fd)
+			return nil, 0, toErrno(err)
+		}
+		sysx.Fstat(fd, &st)
 	}
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
-	fh, fuseFlags := n.register(f, obj, st.Size)
+	fh, fuseFlags := n.register(f, obj, st.Size, st.Mode)
 	return fh, fuseFlags, 0
 }
 
@@ -235,7 +246,8 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // for the kernel.
 //
 // The handle is a passthrough one when the mount uses passthrough, n has no live cached opens, and the file is
-// opened for writing or holds at least Config.PassthroughMinSize bytes. Smaller files opened for reading go
+// opened for writing or holds at least Config.PassthroughMinSize bytes. A writer of a setuid or setgid file (mode)
+// gets a cached handle, so that its writes reach the daemon, which clears the bits (killpriv.go). Smaller files opened for reading go
 // through the page cache: after its first read such a file costs one OPEN and one RELEASE per open, while a
 // passthrough open also registers a backing file and makes every read drop the inode's cached atime, which costs
 // the next stat a GETATTR. Large files and writers gain more from passthrough: no request per read or write.
@@ -245,7 +257,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // passthrough writer; the first cached open after one drops them.
 //
 // Preconditions: n.openMu is held (or n is new and unknown to the kernel).
-func (n *Node) register(f *file, obj devIno, size int64) (fs.FileHandle, uint32) {
+func (n *Node) register(f *file, obj devIno, size int64, mode uint32) (fs.FileHandle, uint32) {
 	n.mu.Lock()
 	if n.handles == nil {
 		n.handles = make(map[*file]bool)
@@ -253,7 +265,7 @@ func (n *Node) register(f *file, obj devIno, size int64) (fs.FileHandle, uint32)
 	n.handles[f] = true
 	n.mu.Unlock()
 	usePassthrough := n.root.passthrough.Load() && n.cachedOpens == 0 &&
-		(n.ptOpens > 0 || f.writable || size >= n.root.cfg.PassthroughMinSize)
+		(n.ptOpens > 0 || f.writable && !isSxid(mode) || !f.writable && size >= n.root.cfg.PassthroughMinSize)
 	if usePassthrough {
 		f.passthrough = true
 		n.ptOpens++

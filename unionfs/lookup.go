@@ -268,6 +268,10 @@ func (r *Root) readRedirect(dirfd int, name string) string {
 // readCopyUpMarks reads the marks the union leaves on upper non-directories it copied up: the origin and whether
 // the copy is metadata-only.
 func (r *Root) readCopyUpMarks(p *probe) {
+	// Most upper files have no xattrs at all: one listxattr says so, instead of a getxattr per mark.
+	if n, err := sysx.Listxattrat(p.dirfd, p.name, nil); err == nil && n == 0 {
+		return
+	}
 	if v, err := sysx.GetxattrAll(p.dirfd, p.name, r.originXattr()); err == nil {
 		p.origin = r.parseOrigin(string(v))
 	}

@@ -202,6 +202,9 @@ func (r *Root) FSOptions() *fs.Options {
 	opts.MountOptions.Debug = r.cfg.Debug
 	// O_TRUNC comes with OPEN instead of a separate SETATTR: a lower file truncated on open needs no data copy.
 	opts.MountOptions.ExtraCapabilities |= fuse.CAP_ATOMIC_O_TRUNC
+	// The daemon clears setuid/setgid on writes (killpriv.go), so the kernel need not ask for
+	// security.capability before every write.
+	opts.MountOptions.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	// The kernel enforces POSIX ACLs (lower files have them; file capabilities and ACLs must work as on tmpfs).
 	opts.MountOptions.EnableAcl = true
 	// A symlink's target never changes (a new target is a new inode), so the kernel may keep what it read. Without

@@ -74,6 +74,13 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			return fail("truncate", err)
 		}
 	}
+	// A truncate by a caller without CAP_FSETID asks for setuid/setgid to go; a SETATTR without attributes is
+	// what the kernel sends when a passthrough write needs them gone (killpriv.go).
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 || in.Valid&^(fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0 {
+		if err := n.killPrivsAt(dirfd, name, requestCaller(ctx)); err != nil {
+			return fail("chmod", err)
+		}
+	}
 	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
 		ts := [2]unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
 		if in.Valid&fuse.FATTR_ATIME != 0 {
