@@ -33,8 +33,11 @@ type env struct {
 // allWorkloads lists the workloads in the order they run on one mount: reads first, then changes.
 func allWorkloads(cfg config, img *image) []workload {
 	fioTime := "8"
+	untarName, rmName, members := "untar 20k files", "rm -rf 20k files", []string{}
 	if cfg.quick {
-		fioTime = "2"
+		fioTime = "1"
+		// A quarter of the tarball (its first 50 of 200 directories), to stay under three minutes.
+		untarName, rmName, members = "untar 5k files", "rm -rf 5k files", []string{"--wildcards", "d0[0-4]*"}
 	}
 	ws := []workload{
 		{name: "seq read 1GiB cold", unit: "MB/s", higher: true, run: func(e *env) (float64, error) {
@@ -113,11 +116,11 @@ func allWorkloads(cfg config, img *image) []workload {
 		{name: "first write to the 1GiB file", unit: "s", writes: true, upOnly: true, run: func(e *env) (float64, error) {
 			return timed(`printf x >> "$1/`+bigFile+`"`, e.mnt)
 		}},
-		{name: "untar 20k files", unit: "s", writes: true, run: func(e *env) (float64, error) {
+		{name: untarName, unit: "s", writes: true, run: func(e *env) (float64, error) {
 			os.MkdirAll(filepath.Join(e.mnt, "tmp", "untar"), 0755)
-			return timed(`tar -C "$1/tmp/untar" -xf "$2"`, e.mnt, e.img.tarball)
+			return timed(`d=$1 f=$2; shift 2; tar -C "$d/tmp/untar" -xf "$f" "$@"`, append([]string{e.mnt, e.img.tarball}, members...)...)
 		}},
-		{name: "rm -rf 20k files", unit: "s", writes: true, run: func(e *env) (float64, error) {
+		{name: rmName, unit: "s", writes: true, run: func(e *env) (float64, error) {
 			return timed(`rm -rf "$1/tmp/untar"`, e.mnt)
 		}},
 	}
