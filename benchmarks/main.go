@@ -22,7 +22,7 @@ import (
 
 func main() {
 	quick := flag.Bool("quick", false, "one repetition, short fio runs, no dpkg workload: under 3 minutes")
-	reps := flag.Int("reps", 5, "repetitions of every workload on every system (medians are reported)")
+	reps := flag.Int("reps", 3, "repetitions of every workload on every system (medians are reported)")
 	systemsFlag := flag.String("systems", "", "comma-separated systems to run (default: all)")
 	workloadsFlag := flag.String("workloads", "", "comma-separated workloads to run (default: all)")
 	cache := flag.String("cache", defaultCache(), "directory for the image, built once")

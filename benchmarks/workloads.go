@@ -32,7 +32,7 @@ type env struct {
 
 // allWorkloads lists the workloads in the order they run on one mount: reads first, then changes.
 func allWorkloads(cfg config, img *image) []workload {
-	fioTime := "8"
+	fioTime := "4"
 	untarName, rmName, members := "untar 20k files", "rm -rf 20k files", []string{}
 	if cfg.quick {
 		fioTime = "1"

@@ -3,7 +3,6 @@ package cow
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -208,7 +207,7 @@ func (s *Staged) TakeFd() int {
 func linkFd(fd, dirfd int, name string) error {
 	err := unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH)
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPERM) {
-		if err2 := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), dirfd, name,
+		if err2 := unix.Linkat(unix.AT_FDCWD, sysx.FdPath(fd), dirfd, name,
 			unix.AT_SYMLINK_FOLLOW); err2 == nil {
 			return nil
 		} else if !errors.Is(err2, syscall.ENOENT) {

@@ -2,7 +2,6 @@ package unionfs
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"syscall"
 
@@ -321,5 +320,5 @@ func (f *ptFile) PassthroughFd() (int, bool) { return f.current(), true }
 // reopen opens the file behind the descriptor fd anew with flags. It is used for files that have no name (made
 // with O_TMPFILE and not yet linked), which only /proc/self/fd reaches.
 func reopen(fd int, flags int) (int, error) {
-	return unix.Open("/proc/self/fd/"+strconv.Itoa(fd), flags|unix.O_CLOEXEC, 0)
+	return unix.Open(sysx.FdPath(fd), flags|unix.O_CLOEXEC, 0)
 }

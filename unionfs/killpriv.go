@@ -40,11 +40,11 @@ func isSxid(mode uint32) bool {
 // wouldKill returns the mode bits the kernel clears when the caller writes to or truncates a regular file of
 // this mode and group (setattr_should_drop_suidgid): setuid; setgid if the file is group-executable, or else if
 // the caller is not in the file's group; none if the caller has CAP_FSETID.
-func wouldKill(mode, gid uint32, caller *fuse.Caller) uint32 {
+func (r *Root) wouldKill(mode, gid uint32, caller *fuse.Caller) uint32 {
 	if mode&unix.S_IFMT != unix.S_IFREG || !isSxid(mode) {
 		return 0
 	}
-	creds := readCreds(caller)
+	creds := r.readCreds(caller)
 	if creds.fsetid {
 		return 0
 	}
@@ -77,18 +77,20 @@ func (c creds) inGroup(gid uint32) bool {
 	return false
 }
 
-// readCreds reads the caller's effective capabilities and supplementary groups from /proc. It is only called for
-// writes to setuid/setgid files. A caller it cannot read (a request without a process, one that exited) counts as
-// unprivileged and in no group, so that the bits are cleared: the safe side.
-func readCreds(caller *fuse.Caller) creds {
+// readCreds reads the caller's effective capabilities and supplementary groups from /proc (through the
+// descriptor opened at start, which survives switch_root). It is only called for writes to setuid/setgid files. A
+// caller it cannot read (a request without a process, one that exited, no /proc) counts as unprivileged and in no
+// group, so that the bits are cleared: the safe side.
+func (r *Root) readCreds(caller *fuse.Caller) creds {
 	c := creds{gid: caller.Gid}
-	if caller.Pid == 0 {
+	if caller.Pid == 0 || r.procfd < 0 {
 		return c
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", caller.Pid))
+	fd, err := unix.Openat(r.procfd, fmt.Sprintf("%d/status", caller.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return c
 	}
+	f := os.NewFile(uintptr(fd), "status")
 	defer f.Close()
 	var uid = -1
 	sc := bufio.NewScanner(f)
@@ -130,7 +132,7 @@ func (n *Node) killPrivsFd(fd int, caller *fuse.Caller) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	kill := wouldKill(st.Mode, st.Gid, caller)
+	kill := n.root.wouldKill(st.Mode, st.Gid, caller)
 	if kill == 0 {
 		return nil
 	}
@@ -147,7 +149,7 @@ func (n *Node) killPrivsAt(dirfd int, name string, caller *fuse.Caller) error {
 	if err := sysx.Fstatat(dirfd, name, &st); err != nil {
 		return err
 	}
-	kill := wouldKill(st.Mode, st.Gid, caller)
+	kill := n.root.wouldKill(st.Mode, st.Gid, caller)
 	if kill == 0 {
 		return nil
 	}

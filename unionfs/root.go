@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
@@ -38,6 +39,10 @@ type Config struct {
 	// "unionfs-fuse". Empty means the format the upper layer already holds, else overlay for a root daemon and aufs
 	// for others (they can neither make the character devices nor set the trusted xattrs overlay markers are).
 	Whiteout string
+	// DefaultWhiteout is the format written when Whiteout is empty and the upper layer holds no markers yet;
+	// empty means overlay for a root daemon and aufs for others. The unionfs-fuse command line sets
+	// "unionfs-fuse", so that the upper layer stays readable by unionfs-fuse.
+	DefaultWhiteout string
 
 	// Logger receives diagnostics: unexpected errors of layer filesystems, and with Debug every FUSE request.
 	Logger *log.Logger
@@ -77,6 +82,7 @@ type Root struct {
 	lastLog     atomic.Int64 // Unix second of the last logged layer error
 	stats       stats        // the counters of Stats
 	passthrough atomic.Bool  // opens may use FUSE passthrough (set once the kernel has said it supports it)
+	procfd      int          // /proc, opened at start: it must still work after switch_root moves /proc; or -1
 
 	staleMu   sync.Mutex
 	staleGens map[uint64]uint64 // inode number → latest generation of a stale node still registered; protected by staleMu
@@ -84,7 +90,10 @@ type Root struct {
 
 // New makes the root of a union of layers. The union takes over the layers' descriptors.
 func New(layers *Layers, cfg Config) (*Root, error) {
-	r := &Root{layers: layers, inos: newInoMap(), cfg: cfg, priv: "trusted.overlay."}
+	r := &Root{layers: layers, inos: newInoMap(), cfg: cfg, priv: "trusted.overlay.", procfd: -1}
+	if fd, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		r.procfd = fd
+	}
 	if r.cfg.Logger == nil {
 		r.cfg.Logger = log.New(log.Writer(), "ltsp-unionfs: ", 0)
 	}
@@ -155,6 +164,12 @@ func (r *Root) chooseFormat() error {
 	default:
 		if f, ok := whiteout.Detect(up.fd); ok {
 			r.format = f
+		} else if r.cfg.DefaultWhiteout != "" {
+			f, err := whiteout.ByName(r.cfg.DefaultWhiteout)
+			if err != nil {
+				return err
+			}
+			r.format = f
 		} else if os.Geteuid() == 0 {
 			r.format = whiteout.Overlay{}
 		} else {
@@ -220,6 +235,11 @@ func (r *Root) FSOptions() *fs.Options {
 // Mount mounts the union r on mountpoint and starts serving it. It returns once the kernel has answered the
 // mount, so the mount is live when it returns without error.
 func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
+	// go-fuse empties its splice pipes into /dev/null, which it opens the first time it needs to, and panics if
+	// it cannot: after switch_root, /dev is no longer where the daemon's root is. Open it now.
+	if p, err := splice.Get(); err == nil {
+		splice.Done(p)
+	}
 	opts := r.FSOptions()
 	server, err := fuse.NewServer(newHandleFreeDirs(fs.NewNodeFS(r, opts)), mountpoint, &opts.MountOptions)
 	if err != nil {

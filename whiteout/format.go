@@ -54,11 +54,13 @@ type Format interface {
 	Redirect(dirfd int, path string) error
 }
 
-// Formats lists the formats by name.
+// Formats lists the formats by name. "unionfs-fuse" is the layout of unionfs-fuse 2.0 and later; "unionfs-fuse-1.0"
+// that of 1.0, which Debian and Ubuntu ship.
 var Formats = map[string]Format{
-	"overlay":      Overlay{},
-	"aufs":         Aufs{},
-	"unionfs-fuse": Unionfs{MetaDir: UnionfsMetaDir},
+	"overlay":          Overlay{},
+	"aufs":             Aufs{},
+	"unionfs-fuse":     Unionfs{MetaDir: UnionfsMetaDir},
+	"unionfs-fuse-1.0": Unionfs{MetaDir: UnionfsLegacyMetaDir},
 }
 
 // ByName returns the format called name.
@@ -66,7 +68,7 @@ func ByName(name string) (Format, error) {
 	if f, ok := Formats[name]; ok {
 		return f, nil
 	}
-	return nil, fmt.Errorf("unknown whiteout format %q (want overlay, aufs or unionfs-fuse)", name)
+	return nil, fmt.Errorf("unknown whiteout format %q (want overlay, aufs, unionfs-fuse or unionfs-fuse-1.0)", name)
 }
 
 // Detect returns the format an existing upper layer is written in: unionfs-fuse if its root holds a meta

@@ -9,8 +9,11 @@ import (
 //	ro=DIR[:DIR...]     read-only layers, topmost first (several ro= arguments append)
 //	rw=DIR              the writable layer
 //	ro=A:B,rw=C         both in one argument, as an fstab source field holds them
+//	A=RW:B=RO           a unionfs-fuse branch list (see unionfsfuse.go)
 //	SOURCE              any other argument before the mount point names the mount (fsname) when the layers are
 //	                    given with -o lowerdir=,upperdir= (mount(8) passes the fstab source field this way)
+//
+// Without a writable layer the upper layer is an anonymous tmpfs (see anonymousUpper).
 func parseArgs(args []string, o *mountOptions) error {
 	if len(args) == 0 {
 		return usageErrorf("missing mount point: ltsp-unionfs ro=DIR[:DIR...] rw=DIR MOUNTPOINT")
@@ -24,6 +27,12 @@ func parseArgs(args []string, o *mountOptions) error {
 	}
 	var sources []string
 	for _, a := range args[:len(args)-1] {
+		if isBranchList(a) || o.unionfsFuse && len(o.lowers) == 0 && !isLayerSpec(a) {
+			if err := o.addBranches(a, "branch list"); err != nil {
+				return err
+			}
+			continue
+		}
 		if !isLayerSpec(a) {
 			sources = append(sources, a)
 			continue
@@ -57,8 +66,8 @@ func parseArgs(args []string, o *mountOptions) error {
 	if len(o.lowers) == 0 {
 		return usageErrorf("no read-only layer: give ro=DIR[:DIR...] (or -o lowerdir=DIR)")
 	}
-	if o.upper == "" {
-		return usageErrorf("no writable layer: give rw=DIR (or -o upperdir=DIR)")
+	if o.upper != "" && o.anonSize != "" {
+		return usageErrorf("size=%s sets the size of the anonymous upper layer, which rw=%s replaces", o.anonSize, o.upper)
 	}
 	return nil
 }

@@ -39,7 +39,14 @@ func TestExitCodes(t *testing.T) {
 		{"bad timeout", []string{"-o", "entry_timeout=soon", ro, rw, l.mnt}, exitUsage, "entry_timeout=soon: want a number"},
 		{"missing mount point", []string{ro, rw}, exitUsage, "missing mount point"},
 		{"no lower", []string{rw, l.mnt}, exitUsage, "no read-only layer"},
-		{"no upper", []string{ro, l.mnt}, exitUsage, "no writable layer"},
+		{"size with an upper", []string{"-o", "size=1G", ro, rw, l.mnt}, exitUsage, "sets the size of the anonymous upper layer"},
+		{"bad size", []string{"-o", "size=", ro, l.mnt}, exitUsage, "mount option size=: want a size"},
+		{"unionfs-fuse: two writable branches", []string{"-o", "cow", l.upper + "=RW:" + l.lower2 + "=RW:" + l.lower + "=RO", l.mnt}, exitUsage, "more than one writable branch"},
+		{"unionfs-fuse: writable branch below", []string{"-o", "cow", l.lower + "=RO:" + l.upper + "=RW", l.mnt}, exitUsage, "must come first"},
+		{"unionfs-fuse: no read-only branch", []string{"-o", "cow", l.upper + "=RW", l.mnt}, exitUsage, "no read-only branch"},
+		{"unionfs-fuse: branches twice", []string{"-o", "cow,dirs=" + l.upper + "=RW:" + l.lower + "=RO", l.upper + "=RW:" + l.lower + "=RO", l.mnt}, exitUsage, "the layers are already given"},
+		{"unionfs-fuse: relaxed_permissions", []string{"-o", "cow,relaxed_permissions", l.upper + "=RW:" + l.lower + "=RO", l.mnt}, exitUsage, "relaxed_permissions is not supported"},
+		{"unionfs-fuse: chroot after the branches", []string{"-o", "cow,dirs=" + l.upper + "=RW:" + l.lower + "=RO,chroot=/", l.mnt}, exitUsage, "must come before the branches"},
 		{"two uppers", []string{ro, rw, "rw=" + l.lower2, l.mnt}, exitUsage, "the upper layer is given twice"},
 		{"empty lower in list", []string{"ro=" + l.lower + "::" + l.lower2, rw, l.mnt}, exitUsage, "empty layer path"},
 		{"stray argument", []string{ro, rw, "what", "ever", l.mnt}, exitUsage, "unexpected arguments"},
@@ -110,6 +117,10 @@ func TestExitCodesAsUser(t *testing.T) {
 	r = runCLIAs(t, "", nobody, "ro="+lower, "rw="+lower+"/../"+filepath.Base(lower), mnt)
 	if r.code != exitLayer {
 		t.Errorf("unwritable upper: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = runCLIAs(t, "", nobody, "ro="+lower, mnt)
+	if r.code != exitLayer || !strings.Contains(r.stderr, "anonymous tmpfs upper layer needs root") {
+		t.Errorf("anonymous upper as a user: exit %d, stderr %q", r.code, r.stderr)
 	}
 	r = runCLIAs(t, "", nobody, "ro="+lower, "rw="+upper, rootMnt)
 	if r.code != exitMount || !strings.Contains(r.stderr, "cannot mount on "+rootMnt) {

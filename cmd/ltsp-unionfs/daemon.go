@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,9 +70,26 @@ func runBackground() error {
 	return withCode(exitDaemon, fmt.Errorf("the daemon exited (%v) before the mount was live", state))
 }
 
-// daemonArgv0 is the argv[0] the daemon runs under: the command's own.
+// daemonArgv0 is the argv[0] the daemon runs under: the command's own, marked with a leading '@' in an
+// initramfs (see markArgv0).
 func daemonArgv0() string {
+	if inInitramfs() && !strings.HasPrefix(os.Args[0], "@") {
+		return "@" + os.Args[0]
+	}
 	return os.Args[0]
+}
+
+// markArgv0 makes /proc/self/cmdline start with '@', which tells systemd that this process serves the root
+// filesystem and must survive its killing sprees at switch_root and shutdown (systemd's
+// ROOT_STORAGE_DAEMONS.md). A daemon started in the background already has it (daemonArgv0); a foreground one
+// overwrites the first byte of its argv in place: Go's os.Args[0] shares the memory the kernel shows as
+// cmdline. comm (the process name) is unchanged.
+func markArgv0() {
+	a := os.Args[0]
+	if a == "" || a[0] == '@' {
+		return
+	}
+	unsafe.Slice(unsafe.StringData(a), len(a))[0] = '@'
 }
 
 // notifier is the daemon's end of the readiness pipe; nil when running in the foreground.
@@ -113,10 +131,10 @@ func (n *notifier) fail(err error) {
 	})
 }
 
-// detach makes a ready daemon independent of the terminal and of whoever waits for its output: the working
-// directory becomes "/", standard input and output go to /dev/null and the log goes to the system log.
+// detach makes a ready daemon independent of the terminal and of whoever waits for its output: standard input
+// and output go to /dev/null and the log goes to the system log. (The working directory is already /proc, see
+// sysx.AnchorProc.)
 func detach(logw *logWriter) {
-	os.Chdir("/")
 	if null, err := os.OpenFile("/dev/null", os.O_RDWR, 0); err == nil {
 		for _, fd := range []int{0, 1, 2} {
 			unix.Dup2(int(null.Fd()), fd)

@@ -16,6 +16,14 @@ func main() {
 func run() int {
 	notify := daemonNotifier()
 	cmd := newRootCommand(notify)
+	if isHelper(os.Args[0]) {
+		args, err := helperArgs(os.Args[1:])
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", helperName, err)
+			return exitCode(err)
+		}
+		cmd.SetArgs(args)
+	}
 	err := cmd.Execute()
 	if err == nil {
 		return exitOK

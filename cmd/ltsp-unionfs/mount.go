@@ -29,15 +29,36 @@ func runMount(o *mountOptions, notify *notifier) error {
 	if !o.foreground && notify == nil {
 		return runBackground()
 	}
+	// In an initramfs the daemon serves the future root filesystem: systemd must spare it when it kills
+	// everything at switch_root and shutdown (argv[0] starting with '@'), and SIGTERM must not unmount it.
+	initrd := inInitramfs()
+	if initrd {
+		markArgv0()
+	}
 	logw := &logWriter{w: os.Stderr}
 	logger := newLogger(logw)
 	for _, n := range o.notes {
 		logger.Print(n)
 	}
 
-	layers, err := unionfs.OpenLayers(o.upper, o.lowers)
+	upper, anonymous := o.upper, o.upper == ""
+	if anonymous {
+		fd, err := sysx.NewTmpfs(o.anonSize)
+		if err != nil {
+			if os.Geteuid() != 0 {
+				return withCode(exitLayer, errors.New("no rw= layer: the anonymous tmpfs upper layer needs root; give rw=DIR"))
+			}
+			return withCode(exitLayer, fmt.Errorf("no rw= layer: cannot make the anonymous tmpfs upper layer: %w", err))
+		}
+		defer unix.Close(fd) // the layer holds its own descriptor of the tmpfs
+		upper = fmt.Sprintf("/proc/self/fd/%d", fd)
+	}
+	layers, err := unionfs.OpenLayers(upper, o.lowers)
 	if err != nil {
 		return withCode(exitLayer, err)
+	}
+	if anonymous {
+		layers.Upper().Path = "(anonymous tmpfs)"
 	}
 	mnt, err := checkMountPoint(o.mountpoint, layers)
 	if err != nil {
@@ -49,6 +70,11 @@ func runMount(o *mountOptions, notify *notifier) error {
 	cfg.Debug = o.debug
 	cfg.ReadOnly = o.readOnly
 	cfg.Whiteout = o.whiteout
+	if o.unionfsFuse {
+		// A fresh upper layer is written as the unionfs-fuse that LTSP's distributions ship (Debian's and
+		// Ubuntu's 1.0) reads it, so that going back to unionfs-fuse is changing the program name again.
+		cfg.DefaultWhiteout = "unionfs-fuse-1.0"
+	}
 	cfg.Passthrough = o.passthrough.or(cfg.Passthrough)
 	if o.ptMinSize >= 0 {
 		cfg.PassthroughMinSize = o.ptMinSize
@@ -74,8 +100,13 @@ func runMount(o *mountOptions, notify *notifier) error {
 		return withCode(exitMount, fmt.Errorf("cannot mount on %s: %w", mnt, mountErrorHint(err)))
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	if initrd {
+		signal.Notify(sigs, syscall.SIGINT)
+		signal.Ignore(syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
+	} else {
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	}
 	go func() {
 		for s := range sigs {
 			logger.Printf("%v: unmounting %s", s, mnt)
@@ -83,6 +114,11 @@ func runMount(o *mountOptions, notify *notifier) error {
 		}
 	}()
 
+	// From now on no path the daemon started with may be needed: in an initramfs, switch_root is about to delete
+	// or move all of them. Paths to descriptors are taken relative to /proc, the working directory from now on.
+	if err := sysx.AnchorProc(); err != nil {
+		logger.Printf("cannot make /proc the working directory (%v): the union needs /proc mounted at /proc", err)
+	}
 	if notify != nil {
 		notify.ready()
 		if !o.foreground {

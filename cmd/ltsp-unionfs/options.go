@@ -22,6 +22,10 @@ type mountOptions struct {
 	mountpoint string
 	fsname     string // the mount's source as df(1) and /proc/mounts show it
 	whiteout   string // the marker format to write, "" for the default
+	anonSize   string // size= of the anonymous tmpfs upper layer (no rw=)
+
+	unionfsFuse bool   // the unionfs-fuse command line is in use (branch lists, -o cow, ...)
+	chroot      string // unionfs-fuse's chroot=: prefix of its branch paths
 
 	allowOther   bool
 	suid, dev    optBool // unset: the default for the daemon's privileges
@@ -35,6 +39,8 @@ type mountOptions struct {
 	negTimeout   time.Duration
 
 	notes []string // one log line per option accepted without effect
+
+	fake, sloppy bool // mount(8) helper flags -f and -s
 
 	cpuProfile, memProfile string // developer flags: profiles written at unmount
 }
@@ -157,7 +163,8 @@ var mountOptionSpecs = []optSpec{
 	flagOpt("noatime", "do not update access times", func(o *mountOptions, on bool) { o.noatime = on }),
 	flagOpt("atime", "update access times (default, relatime)", func(o *mountOptions, on bool) { o.noatime = !on }),
 	flagOpt("relatime", "update access times relative to mtime (default)", func(o *mountOptions, on bool) { o.noatime = !on }),
-	valueOpt("whiteout", "FORMAT", "the marker format written into the upper layer: overlay, aufs or unionfs-fuse "+
+	valueOpt("whiteout", "FORMAT", "the marker format written into the upper layer: overlay, aufs, unionfs-fuse (2.0 and later) or "+
+		"unionfs-fuse-1.0 "+
 		"(default: the one the upper layer holds, else overlay as root and aufs otherwise)", func(o *mountOptions, v string) error {
 		switch v {
 		case "overlay":
@@ -166,11 +173,19 @@ var mountOptionSpecs = []optSpec{
 					"markers trusted xattrs; use whiteout=aufs")
 			}
 			fallthrough
-		case "aufs", "unionfs-fuse":
+		case "aufs", "unionfs-fuse", "unionfs-fuse-1.0":
 			o.whiteout = v
 			return nil
 		}
-		return usageErrorf("whiteout=%s: want overlay, aufs or unionfs-fuse", v)
+		return usageErrorf("whiteout=%s: want overlay, aufs, unionfs-fuse or unionfs-fuse-1.0", v)
+	}),
+	valueOpt("size", "SIZE", "without rw=: the size of the anonymous tmpfs upper layer, as tmpfs's size= "+
+		"(bytes with K, M, G suffixes, or a percentage of RAM; default half of RAM)", func(o *mountOptions, v string) error {
+		if v == "" || strings.ContainsAny(v, ",= \t") {
+			return usageErrorf("mount option size=%s: want a size such as 512M or 25%%", v)
+		}
+		o.anonSize = v
+		return nil
 	}),
 	valueOpt("fsname", "NAME", "the source name df(1) and /proc/mounts show", func(o *mountOptions, v string) error {
 		o.fsname = v
@@ -236,6 +251,10 @@ func parseSize(v string) (int64, error) {
 	return n * mult, nil
 }
 
+func init() {
+	mountOptionSpecs = append(mountOptionSpecs, unionfsFuseOptionSpecs...)
+}
+
 // isIgnoredOptionName reports whether an option that has no flag of its own is still accepted: mount(8)'s
 // comment= and the x-* options it normally withholds from helpers.
 func isIgnoredOptionName(name string) bool {
@@ -277,7 +296,7 @@ func normalizeOptionName(f *pflag.FlagSet, name string) pflag.NormalizedName {
 
 // applyOptionList applies one -o argument: comma-separated options, each NAME or NAME=VALUE. A comma or
 // backslash inside a value is written with a backslash before it.
-func applyOptionList(fs *pflag.FlagSet, list string) error {
+func applyOptionList(fs *pflag.FlagSet, list string, o *mountOptions) error {
 	for _, item := range splitEscaped(list, ',') {
 		if item == "" {
 			continue
@@ -289,6 +308,10 @@ func applyOptionList(fs *pflag.FlagSet, list string) error {
 		name = strings.ReplaceAll(name, "-", "_")
 		f := fs.Lookup(name)
 		if f == nil || !isMountOption(name) {
+			if o.sloppy {
+				o.notes = append(o.notes, "unknown mount option "+name+" ignored (sloppy mount)")
+				continue
+			}
 			return usageErrorf("unknown mount option %q (see --help for the list)", name)
 		}
 		if !hasValue {

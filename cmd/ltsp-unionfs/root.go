@@ -45,12 +45,15 @@ func newRootCommand(notify *notifier) *cobra.Command {
 				return cmd.Help()
 			}
 			for _, l := range optionLists {
-				if err := applyOptionList(cmd.Flags(), l); err != nil {
+				if err := applyOptionList(cmd.Flags(), l, o); err != nil {
 					return err
 				}
 			}
 			if err := parseArgs(args, o); err != nil {
 				return err
+			}
+			if o.fake {
+				return nil // mount -f: everything but the mount
 			}
 			return runMount(o, notify)
 		},
@@ -67,6 +70,10 @@ func newRootCommand(notify *notifier) *cobra.Command {
 	addMountFlags(flags, o)
 	flags.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to `file` when unmounted (for developers)")
 	flags.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to `file` when unmounted (for developers)")
+	flags.BoolVar(&o.fake, "fake", false, "check the command line, do not mount (mount(8)'s -f)")
+	flags.BoolVar(&o.sloppy, "sloppy", false, "ignore unknown mount options (mount(8)'s -s)")
+	flags.MarkHidden("fake")
+	flags.MarkHidden("sloppy")
 	flags.MarkHidden("cpuprofile")
 	flags.MarkHidden("memprofile")
 	cmd.AddCommand(newStatsCommand(), newVersionCommand())

@@ -138,3 +138,47 @@ func TestLtspWritesUnionfsFuseReads(t *testing.T) {
 	}
 	compareWithUnionfsFuse(t, bin, lower, upper, dir)
 }
+
+// TestUnionfsFuseCommandLine mounts with unionfs-fuse's own command lines (from its manual: branch lists with
+// =RW/=RO, -o cow, -o dirs=, -o chroot=), changes the union, and checks that the real unionfs-fuse then shows
+// the same tree from that upper layer: a setup switches to ltsp-unionfs, and back, by the program name alone.
+func TestUnionfsFuseCommandLine(t *testing.T) {
+	bin := requireUnionfsFuse(t)
+	forms := map[string]func(lower, upper, mnt string) []string{
+		"positional": func(lower, upper, mnt string) []string {
+			return []string{"-o", "cow,hide_meta_files,allow_other,use_ino,max_files=32767", upper + "=RW:" + lower + "=RO", mnt}
+		},
+		"dirs": func(lower, upper, mnt string) []string {
+			return []string{"-o", "cow,statfs_omit_ro,dirs=" + upper + "=rw:" + lower, mnt}
+		},
+		"chroot": func(lower, upper, mnt string) []string {
+			root := filepath.Dir(lower)
+			return []string{"-o", "cow,chroot=" + root + ",noinitgroups", "/" + filepath.Base(upper) + "=RW:/" +
+				filepath.Base(lower) + "=RO", mnt}
+		},
+	}
+	for name, form := range forms {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			lower, upper, mnt := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "mnt")
+			for _, d := range []string{lower, upper, mnt} {
+				os.MkdirAll(d, 0755)
+			}
+			if err := testutil.BuildFixture(lower); err != nil {
+				t.Fatal(err)
+			}
+			if r := runCLI(t, "", form(lower, upper, mnt)...); r.code != 0 {
+				t.Fatalf("mount: exit %d: %s", r.code, r.stderr)
+			}
+			t.Cleanup(func() { unmountAndWait(t, mnt) })
+			if out, err := exec.Command("bash", "-c", unionfsScript, "script", mnt).CombinedOutput(); err != nil {
+				t.Fatalf("changing the union: %v: %s", err, out)
+			}
+			unmountAndWait(t, mnt)
+			if _, err := os.Lstat(filepath.Join(upper, ".unionfs-fuse", "etc/hostname_HIDDEN~")); err != nil {
+				t.Errorf("the upper layer is not in the format Debian's unionfs-fuse reads: %v", err)
+			}
+			compareWithUnionfsFuse(t, bin, lower, upper, dir)
+		})
+	}
+}

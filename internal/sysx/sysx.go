@@ -2,6 +2,7 @@ package sysx
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -219,4 +220,24 @@ func indexByte(b []byte, c byte) int {
 // IsNotExist reports whether err means a name is absent (ENOENT) or a path component is not a directory.
 func IsNotExist(err error) bool {
 	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// procFdPrefix is how the daemon names /proc/self/fd in paths: absolute until AnchorProc makes /proc the working
+// directory, then relative to it. It is set once, before the union serves requests.
+var procFdPrefix = "/proc/self/fd/"
+
+// AnchorProc makes /proc the working directory of the process, and FdPath name descriptors relative to it. A root
+// filesystem daemon calls it once mounted: after switch_root its root directory is the deleted initramfs, where
+// "/proc" names nothing, but its working directory still is the /proc it opened (now mounted in the new root).
+func AnchorProc() error {
+	if err := unix.Chdir("/proc"); err != nil {
+		return err
+	}
+	procFdPrefix = "self/fd/"
+	return nil
+}
+
+// FdPath returns a path that opens the file behind descriptor fd (its /proc/self/fd magic link).
+func FdPath(fd int) string {
+	return procFdPrefix + strconv.Itoa(fd)
 }

@@ -1,7 +1,6 @@
 package sysx
 
 import (
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -105,7 +104,7 @@ func WithFd(dirfd int, name string, fn func(fd int) error, pathFn func(path stri
 		}
 		return fn(fd)
 	}
-	path := "/proc/self/fd/" + strconv.Itoa(pfd)
+	path := FdPath(pfd)
 	var probe unix.Stat_t
 	if unix.Stat(path, &probe) != nil || probe.Ino != st.Ino || probe.Dev != st.Dev {
 		return syscall.EOPNOTSUPP

@@ -1,0 +1,32 @@
+#!/bin/bash
+# dracut module ltsp-unionfs: the root filesystem becomes a union of the root image (read-only) and a tmpfs, served by
+# ltsp-unionfs, so that a diskless client can write anywhere. Enabled at boot with rd.ltsp.unionfs=1 (see README.md).
+# shellcheck disable=SC2154 # $moddir, $initdir, $systemdsystemunitdir and $SYSTEMCTL come from dracut
+
+# Included only when asked for (dracut -a ltsp-unionfs, or add_dracutmodules+=" ltsp-unionfs "), and only if the
+# program is installed.
+check() {
+    require_binaries ltsp-unionfs || return 1
+    return 255
+}
+
+depends() {
+    echo base
+    return 0
+}
+
+installkernel() {
+    hostonly='' instmods fuse
+}
+
+install() {
+    inst_multiple ltsp-unionfs
+    inst_script "$moddir/ltsp-unionfs-root.sh" /sbin/ltsp-unionfs-root
+    if dracut_module_included "systemd"; then
+        inst_simple "$moddir/ltsp-unionfs-root.service" "$systemdsystemunitdir/ltsp-unionfs-root.service"
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target ltsp-unionfs-root.service
+    else
+        # Before 98usrmount (pre-pivot 50) mounts /usr from the new root's fstab: it must see the union.
+        inst_hook pre-pivot 10 "$moddir/ltsp-unionfs-pre-pivot.sh"
+    fi
+}
