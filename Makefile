@@ -3,12 +3,15 @@
 #   make            build the static binary ./ltsp-unionfs
 #   make demo       build, then mount a union over a sample tree and show what it does
 #   make test       the full gate: gofmt, go vet, staticcheck, go test -race (root and /dev/fuse for all of it)
-#   make install    install the binary under $(DESTDIR)$(PREFIX)
+#   make install    install the binary, the mount(8) helper link and the dracut module (see README)
 #   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
 #   make bench-quick  the same in under 3 minutes: one repetition, short fio runs, no dpkg workload
 
 GO          ?= go
-PREFIX      ?= /usr/local
+# /usr, not /usr/local: dracut and mount.fuse3 look for the program in /usr/bin, /usr/sbin, /bin and /sbin only.
+PREFIX      ?= /usr
+SBINDIR     ?= /sbin
+DRACUTDIR   ?= /usr/lib/dracut/modules.d
 DESTDIR     ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
@@ -63,6 +66,11 @@ bench-quick: bench-deps
 
 install: build
 	install -D -m 0755 ltsp-unionfs $(DESTDIR)$(PREFIX)/bin/ltsp-unionfs
+	install -d $(DESTDIR)$(SBINDIR)
+	ln -sf $(PREFIX)/bin/ltsp-unionfs $(DESTDIR)$(SBINDIR)/mount.fuse.ltsp-unionfs
+	install -d $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs
+	install -m 0755 dracut/90ltsp-unionfs/*.sh $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
+	install -m 0644 dracut/90ltsp-unionfs/*.service $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
 
 clean:
 	rm -f ltsp-unionfs

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,11 +184,24 @@ func TestOpenModeBySize(t *testing.T) {
 		s := u.root.Stats()
 		return s.PassthroughOpens, s.CachedOpens
 	}
+	// close(2) does not wait for FUSE_RELEASE, and until the daemon has it the open still counts: the next
+	// open would join its mode. Each step waits for the releases of its own opens.
+	settle := func(wantReleases uint64) {
+		t.Helper()
+		for i := 0; u.root.Stats().Requests["release"] < wantReleases; i++ {
+			if i == 500 {
+				t.Fatalf("the kernel did not release the files within 5 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	expect := func(what string, wantPT, wantCached uint64, do func()) {
 		t.Helper()
 		pt0, c0 := opens()
+		rel0 := u.root.Stats().Requests["release"]
 		do()
 		pt1, c1 := opens()
+		settle(rel0 + (pt1 - pt0) + (c1 - c0))
 		if pt1-pt0 != wantPT || c1-c0 != wantCached {
 			t.Errorf("%s: %d passthrough and %d cached opens, want %d and %d", what, pt1-pt0, c1-c0, wantPT, wantCached)
 		}

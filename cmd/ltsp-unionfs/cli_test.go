@@ -244,7 +244,7 @@ func TestSignalsUnmount(t *testing.T) {
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
-			if err := cmd.Wait(); err != nil {
+			if err := waitExit(t, cmd, time.Minute); err != nil {
 				t.Fatalf("daemon exit after %v: %v", sig, err)
 			}
 			if _, ok := testutil.MountAt(l.mnt); ok {
@@ -283,8 +283,25 @@ func TestSignalWhileBusyDetaches(t *testing.T) {
 		t.Errorf("reading the open file after the detach: %q %v", buf[:n], err)
 	}
 	f.Close()
-	if err := cmd.Wait(); err != nil {
+	if err := waitExit(t, cmd, time.Minute); err != nil {
 		t.Errorf("daemon exit: %v", err)
+	}
+}
+
+// waitExit waits for cmd to exit; a daemon still running after d is killed and the test fails, rather than
+// hanging the package until go test's own timeout.
+func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s did not exit within %v", cmd.Path, d)
+		return nil
 	}
 }
 

@@ -153,7 +153,7 @@ func systemLog() io.Writer {
 		}
 	}
 	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
-		return bufio.NewWriterSize(&kmsgWriter{f}, 1024)
+		return &kmsgWriter{f} // one write per record: no buffering
 	}
 	return io.Discard
 }
@@ -165,11 +165,11 @@ func inInitramfs() bool {
 	return err == nil
 }
 
-// kmsgWriter prefixes each write with the program name, as /dev/kmsg records carry no tag of their own.
+// kmsgWriter writes each log line as one /dev/kmsg record (the logger's "ltsp-unionfs: " prefix is the tag).
 type kmsgWriter struct{ f *os.File }
 
 func (k *kmsgWriter) Write(p []byte) (int, error) {
-	_, err := k.f.Write(append([]byte("ltsp-unionfs: "), p...))
+	_, err := k.f.Write(p)
 	return len(p), err
 }
 

@@ -15,7 +15,9 @@ replaces unionfs-fuse.
 
 Layers:
   ro=DIR[:DIR...]   read-only layers, topmost first (-o lowerdir=DIR[:DIR...] is the same)
-  rw=DIR            the writable layer (-o upperdir=DIR is the same)
+  rw=DIR            the writable layer (-o upperdir=DIR is the same); without it, as root, an
+                    anonymous tmpfs (-o size=SIZE) that vanishes with the mount
+  A=RW:B=RO         unionfs-fuse's branch list (with -o cow, dirs=, chroot=, ...)
 
 Without --foreground the command returns once the mount is live, and the daemon serves it until it is
 unmounted (umount MOUNTPOINT) or gets SIGTERM or SIGINT, which unmount it.
@@ -36,7 +38,9 @@ func newRootCommand(notify *notifier) *cobra.Command {
 		Long:  fmt.Sprintf(rootLong, optionNames(), exitCodesHelp),
 		Example: `  ltsp-unionfs ro=/srv/image rw=/run/changes /mnt/root
   ltsp-unionfs -o allow_other ro=/a:/b rw=/tmp/up /mnt/union
-  mount -t fuse.ltsp-unionfs union /mnt -o lowerdir=/a,upperdir=/b`,
+  mount -t fuse.ltsp-unionfs union /mnt -o lowerdir=/a,upperdir=/b
+  ltsp-unionfs -o size=1G ro=/ /mnt/scratch
+  ltsp-unionfs -o cow /cow=RW:/rofs=RO /sysroot`,
 		Args:          cobra.ArbitraryArgs,
 		SilenceErrors: true,
 		SilenceUsage:  true,

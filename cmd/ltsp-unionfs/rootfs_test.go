@@ -172,20 +172,32 @@ echo ALL-OK
 	}
 }
 
-// TestInitramfsDaemon starts the daemon where /etc/initrd-release exists (bound over it in a private mount
-// namespace): its command line starts with '@' (systemd spares it; the oracle is systemd's ignore_proc(): uid 0
-// and '@'), its process name does not, and SIGTERM and SIGHUP leave the mount alone.
+// TestInitramfsDaemon starts the daemon where /etc/initrd-release exists (in a private overlay of /etc in a
+// private mount namespace): its command line starts with '@' (systemd spares it; the oracle is systemd's
+// ignore_proc(): uid 0 and '@'), its process name does not, and SIGTERM and SIGHUP leave the mount alone.
 func TestInitramfsDaemon(t *testing.T) {
 	bin := buildStatic(t)
+	if _, err := os.Stat("/etc/initrd-release"); err == nil {
+		t.Fatal("/etc/initrd-release exists on this machine: every daemon started here believes it runs in an initramfs")
+	}
+	t.Cleanup(func() {
+		if _, err := os.Stat("/etc/initrd-release"); err == nil {
+			t.Error("the test left /etc/initrd-release on the host")
+		}
+	})
 	l := newLayout(t)
 	os.WriteFile(filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
 	for _, fg := range []string{"background", "foreground"} {
 		t.Run(fg, func(t *testing.T) {
 			script := `
 bin=$1 lower=$2 upper=$3 mnt=$4 work=$5 fg=$6
-touch "$work/initrd-release"
-[ -e /etc/initrd-release ] || touch /etc/initrd-release 2> /dev/null || true
-mount --bind "$work/initrd-release" /etc/initrd-release
+# /etc gets a private overlay in this namespace: the host's /etc is never touched, so no daemon outside the
+# test ever sees an initramfs.
+mkdir -p "$work/etc"
+mount -t tmpfs tmpfs "$work/etc"
+mkdir "$work/etc/u" "$work/etc/w"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$work/etc/u,workdir=$work/etc/w" /etc
+touch /etc/initrd-release
 if [ "$fg" = foreground ]; then
 	"$bin" -f "ro=$lower" "rw=$upper" "$mnt" 2> "$work/log" &
 	for i in $(seq 100); do findmnt -n "$mnt" > /dev/null && break; sleep 0.05; done

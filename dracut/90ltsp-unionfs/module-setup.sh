@@ -24,7 +24,10 @@ install() {
     inst_script "$moddir/ltsp-unionfs-root.sh" /sbin/ltsp-unionfs-root
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/ltsp-unionfs-root.service" "$systemdsystemunitdir/ltsp-unionfs-root.service"
-        $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target ltsp-unionfs-root.service
+        # Wanted by initrd-root-fs.target (linked directly: systemctl add-wants needs the target in the image).
+        mkdir -p "$initdir$systemdsystemunitdir/initrd-root-fs.target.wants"
+        ln_r "$systemdsystemunitdir/ltsp-unionfs-root.service" \
+            "$systemdsystemunitdir/initrd-root-fs.target.wants/ltsp-unionfs-root.service"
     else
         # Before 98usrmount (pre-pivot 50) mounts /usr from the new root's fstab: it must see the union.
         inst_hook pre-pivot 10 "$moddir/ltsp-unionfs-pre-pivot.sh"
