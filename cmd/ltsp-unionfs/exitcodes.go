@@ -15,6 +15,8 @@ const (
 	exitMountPoint = 4 // the mount point is missing, not a directory or inside the upper layer
 	exitMount      = 5 // the kernel (or fusermount3) refused the mount
 	exitDaemon     = 6 // the background daemon died before the mount was live
+	exitProblems   = 7 // check: the upper layer has problems that were not repaired
+	exitBusy       = 8 // the upper layer is in use by a mount and the command would change or misread it
 )
 
 // exitCodesHelp documents the exit codes in the command's help text.
@@ -25,7 +27,9 @@ const exitCodesHelp = `Exit status:
   3  a layer directory is missing, not a directory, unreadable, unwritable or overlaps another
   4  the mount point is missing, not a directory or inside the upper layer
   5  the kernel (or fusermount3 for a non-root user) refused the mount
-  6  the background daemon died before the mount was live`
+  6  the background daemon died before the mount was live
+  7  check: the upper layer has problems that were not repaired
+  8  the upper layer is in use by a mount (convert, merge and check --repair refuse)`
 
 // codedError is an error that says which exit code it warrants.
 type codedError struct {
