@@ -91,6 +91,16 @@ func (op Op) Apply(root string) error {
 		err = unix.Lremovexattr(p, "user."+op.Path2)
 	case "mkfifo":
 		err = unix.Mkfifo(p, uint32(op.N))
+	case "mmapwrite":
+		err = mmapWrite(p, op.N, op.Data)
+	case "fsync":
+		var f *os.File
+		if f, err = os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+			err = f.Sync()
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
 	case "read":
 		var f *os.File
 		if f, err = os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
@@ -109,6 +119,39 @@ func (op Op) Apply(root string) error {
 		return errno
 	}
 	return err
+}
+
+// mmapWrite writes data through a shared writable mapping of the file at p, at the place mmapRegion says.
+func mmapWrite(p string, off int64, data string) error {
+	f, err := os.OpenFile(p, os.O_RDWR|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return syscall.EINVAL
+	}
+	off, b := mmapRegion(st.Size, off, data)
+	if len(b) == 0 {
+		return nil
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	copy(m[off:], b)
+	if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+		unix.Munmap(m)
+		return err
+	}
+	if err := unix.Munmap(m); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // DiffPair makes the two unions of a differential run, over lower layers filled identically by fill.

@@ -2,6 +2,7 @@ package fstest
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -67,5 +68,40 @@ func TestDiffHarness(t *testing.T) {
 	}
 	if !strings.Contains(Reproducer(short), `Kind: "rename"`) {
 		t.Errorf("reproducer: %s", Reproducer(short))
+	}
+}
+
+// TestStressOnReference validates the stress model: concurrent workers on kernel overlayfs (and on the union's
+// reference behaviour for every operation kind) never disagree with it, and a broken filesystem is caught: a
+// file changed behind a worker's back is reported.
+func TestStressOnReference(t *testing.T) {
+	requireRoot(t)
+	u := NewKernelOverlay(t, "redirect_dir=on")
+	const workers = 4
+	FillStressLowers(t, u.Lower(0), u.Lower(1), workers+1) // the last one for the tampering below
+	mnt := u.Mount(t)
+	res := Stress(mnt, StressConfig{Seed: 1, Workers: workers, Ops: 300})
+	if len(res.Failures) > 0 {
+		t.Fatalf("the model disagrees with kernel overlayfs:\n%s", strings.Join(res.Failures, "\n"))
+	}
+	for _, kind := range []string{"create", "write", "mmapwrite", "truncate", "rename", "link", "rmdir", "unlink",
+		"setxattr", "chmod"} {
+		if res.Succeeded[kind] == 0 {
+			t.Errorf("no %s succeeded in %d operations: the run tests too little", kind, workers*300)
+		}
+	}
+	t.Logf("%d workers x 300 operations in %v; succeeded: %v", workers, res.Elapsed, res.Succeeded)
+
+	// The model catches a change it did not make.
+	dir := filepath.Join(mnt, stressWorkerDir(workers))
+	m := stressModel(022)
+	if msg := m.checkAll(dir); msg != "" {
+		t.Fatalf("a fresh worker directory disagrees with the model: %s", msg)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ld", "b"), []byte("changed behind the model's back"), 0644); err != nil {
+		t.Fatal(err)
+	}
+	if msg := m.checkAll(dir); !strings.Contains(msg, "ld/b") {
+		t.Errorf("a file changed behind the model's back went unnoticed: %q", msg)
 	}
 }

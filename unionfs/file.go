@@ -74,9 +74,13 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.node.root.stats.count(opWrite)
 	fd := f.current()
-	// A write clears setuid/setgid as the kernel would (see killpriv.go).
-	if err := f.node.killPrivsFd(fd, requestCaller(ctx)); err != nil {
-		return 0, toErrno(err)
+	// A write clears setuid/setgid as the kernel would (see killpriv.go). A write without a process is the
+	// write-back of a shared writable mapping (FUSE_WRITE_CACHE, sent without credentials): the kernel never
+	// clears the bits for those, on any filesystem (page_mkwrite only updates the times).
+	if caller := requestCaller(ctx); caller.Pid != 0 {
+		if err := f.node.killPrivsFd(fd, caller); err != nil {
+			return 0, toErrno(err)
+		}
 	}
 	n, err := unix.Pwrite(fd, data, off)
 	if err != nil {

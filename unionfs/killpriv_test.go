@@ -184,3 +184,43 @@ func reachable(t *testing.T, dir string) {
 		}
 	}
 }
+
+// TestMmapWriteKeepsSetuid writes a setuid file through a shared mapping, on tmpfs and through the union (copied
+// up from the lower, and passthrough and cached): the write-back reaches the daemon without a process, and the
+// kernel clears nothing for mapped writes on any filesystem, so neither may the daemon. (Found by TestStress.)
+func TestMmapWriteKeepsSetuid(t *testing.T) {
+	testutil.RequireRoot(t)
+	u := newTestUnion(t, 1)
+	ref := u.mkdir("ref")
+	testutil.MountTmpfs(t, ref, "16m")
+	sizes := map[string]int{"small": 4096, "large": 3 << 20} // cached and passthrough opens
+	for name, size := range sizes {
+		for _, dir := range []string{ref, u.Lower(0)} {
+			p := filepath.Join(dir, name)
+			os.WriteFile(p, make([]byte, size), 0755)
+			unix.Chmod(p, 04755)
+		}
+	}
+	mnt := u.Mount(t)
+	for name := range sizes {
+		for _, dir := range []string{ref, mnt} {
+			p := filepath.Join(dir, name)
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(m, "mapped")
+			unix.Msync(m, unix.MS_SYNC)
+			unix.Munmap(m)
+			f.Close()
+		}
+		want, got := privState(t, filepath.Join(ref, name)), privState(t, filepath.Join(mnt, name))
+		if got != want {
+			t.Errorf("%s: through the union %s; on tmpfs %s", name, got, want)
+		}
+	}
+}
