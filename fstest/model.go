@@ -205,7 +205,9 @@ func (m *model) apply(op Op) error {
 // rename applies renameat2(p, p2, flags).
 func (m *model) rename(p, p2 string, flags uint) error {
 	src, dst := m.names[p], m.names[p2]
-	bad := func(why string) error { return fmt.Errorf("rename %s %s (flags %d) succeeded, but %s", p, p2, flags, why) }
+	bad := func(why string) error {
+		return fmt.Errorf("rename %s %s (flags %d) succeeded, but %s", p, p2, flags, why)
+	}
 	if src == nil {
 		return bad("the source does not exist")
 	}
