@@ -1,6 +1,7 @@
 package fstest
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,5 +104,25 @@ func TestStressOnReference(t *testing.T) {
 	}
 	if msg := m.checkAll(dir); !strings.Contains(msg, "ld/b") {
 		t.Errorf("a file changed behind the model's back went unnoticed: %q", msg)
+	}
+}
+
+// TestFsxOnReference validates the fsx model on a plain file of the machine's filesystem, and checks that it
+// notices a file changed behind its back.
+func TestFsxOnReference(t *testing.T) {
+	dir := t.TempDir()
+	data := bytes.Repeat([]byte("reference "), 30000)
+	p, src := filepath.Join(dir, "f"), filepath.Join(dir, "src")
+	os.WriteFile(p, data, 0644)
+	os.WriteFile(src, data[:100000], 0644)
+	res := Fsx(p, data, src, data[:100000], FsxConfig{Seed: 1, Ops: 2000, MaxSize: 4 << 20})
+	if res.Failure != "" {
+		t.Fatalf("%s\nlast operations:\n%s", res.Failure, strings.Join(res.Log, "\n"))
+	}
+	t.Logf("operations: %v", res.Counts)
+	want, _ := os.ReadFile(p)
+	os.WriteFile(p, append(want, 'x'), 0644)
+	if res := Fsx(p, want, src, nil, FsxConfig{Seed: 2, Ops: 16, MaxSize: 4 << 20}); res.Failure == "" {
+		t.Error("a file changed behind fsx's back went unnoticed")
 	}
 }

@@ -36,9 +36,9 @@ type StressConfig struct {
 
 // StressResult is what a stress run did and found.
 type StressResult struct {
-	Ops       [][]Op    // Ops[w] is worker w's sequence
-	Errs      [][]error // Errs[w][k] is the errno of worker w's step k, nil when it succeeded
-	Failures  []string  // model violations, each naming its worker and step
+	Ops       [][]Op     // Ops[w] is worker w's sequence
+	Errs      [][]string // Errs[w][k] is the error of worker w's step k, "" when it succeeded
+	Failures  []string   // model violations, each naming its worker and step
 	Succeeded map[string]int
 	Elapsed   time.Duration
 }
@@ -131,7 +131,7 @@ func StressOps(seed int64, w, n int) []Op {
 func Stress(mnt string, cfg StressConfig) *StressResult {
 	umask := uint32(unix.Umask(0))
 	unix.Umask(int(umask))
-	res := &StressResult{Ops: make([][]Op, cfg.Workers), Errs: make([][]error, cfg.Workers),
+	res := &StressResult{Ops: make([][]Op, cfg.Workers), Errs: make([][]string, cfg.Workers),
 		Succeeded: map[string]int{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -161,13 +161,15 @@ func Stress(mnt string, cfg StressConfig) *StressResult {
 
 // runWorker applies ops under dir, checking the model after each; it stops at the first violation. It returns
 // each step's error, the violations, and how many operations of each kind succeeded.
-func runWorker(dir string, ops []Op, m *model) ([]error, []string, map[string]int) {
-	errs := make([]error, len(ops))
+func runWorker(dir string, ops []Op, m *model) ([]string, []string, map[string]int) {
+	errs := make([]string, len(ops))
 	ok := map[string]int{}
 	for k, op := range ops {
 		err := op.Apply(dir)
-		errs[k] = err
-		fail := func(format string, args ...any) ([]error, []string, map[string]int) {
+		if err != nil {
+			errs[k] = err.Error()
+		}
+		fail := func(format string, args ...any) ([]string, []string, map[string]int) {
 			return errs[:k+1], []string{fmt.Sprintf("step %d %v: %s", k, op, fmt.Sprintf(format, args...))}, ok
 		}
 		if isNeverOK(err) {
@@ -348,9 +350,9 @@ func CompareStressErrors(ref, sut *StressResult) string {
 	var msgs []string
 	for w := range ref.Errs {
 		for k := 0; k < len(ref.Errs[w]) && k < len(sut.Errs[w]); k++ {
-			if !sameErr(ref.Errs[w][k], sut.Errs[w][k]) {
-				msgs = append(msgs, fmt.Sprintf("worker %d step %d %v: the reference says %v, the union %v", w, k,
-					ref.Ops[w][k], ref.Errs[w][k], sut.Errs[w][k]))
+			if ref.Errs[w][k] != sut.Errs[w][k] {
+				msgs = append(msgs, fmt.Sprintf("worker %d step %d %v: the reference says %s, the union %s", w, k,
+					ref.Ops[w][k], errText(ref.Errs[w][k]), errText(sut.Errs[w][k])))
 				break
 			}
 		}
@@ -366,4 +368,11 @@ func ReplayWorker(mnt string, ops []Op) string {
 	unix.Umask(int(umask))
 	_, fails, _ := runWorker(filepath.Join(mnt, stressWorkerDir(0)), ops, stressModel(umask))
 	return strings.Join(fails, "; ")
+}
+
+func errText(s string) string {
+	if s == "" {
+		return "success"
+	}
+	return s
 }

@@ -2,8 +2,13 @@ package unionfs
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // StatsXattr is the xattr of the union's root directory that holds the daemon's counters as JSON (see Stats).
@@ -93,6 +98,10 @@ type Stats struct {
 	StaleRetries     uint64            `json:"stale_retries"`
 	Passthrough      bool              `json:"passthrough"`
 	Errors           map[string]uint64 `json:"errors"`
+	// Health of the daemon process, for spotting leaks: its goroutines, open descriptors and resident memory.
+	Goroutines int    `json:"goroutines"`
+	OpenFiles  int    `json:"open_files"`
+	RSSBytes   uint64 `json:"rss_bytes"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -103,6 +112,8 @@ func (r *Root) Stats() Stats {
 		CopyUps: s.copyUps.Load(), CopyUpBytes: s.copyUpBytes.Load(), MetadataCopyUps: s.metaCopyUps.Load(),
 		DirCopyUps: s.dirCopyUps.Load(), PassthroughOpens: s.passthroughOpens.Load(), CachedOpens: s.cachedOpens.Load(),
 		StaleRetries: s.staleRetries.Load(), Passthrough: r.passthrough.Load()}
+	out.Goroutines = runtime.NumGoroutine()
+	out.OpenFiles, out.RSSBytes = r.processUsage()
 	for i := range s.ops {
 		if v := s.ops[i].Load(); v > 0 {
 			out.Requests[opNames[i]] = v
@@ -114,6 +125,28 @@ func (r *Root) Stats() Stats {
 		}
 	}
 	return out
+}
+
+// processUsage counts the daemon's open descriptors and reads its resident memory from /proc (through the
+// descriptor opened at start); zeros where /proc is not there.
+func (r *Root) processUsage() (files int, rss uint64) {
+	if r.procfd < 0 {
+		return 0, 0
+	}
+	if fd, err := unix.Openat(r.procfd, "self/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		f := os.NewFile(uintptr(fd), "fd")
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		files = len(names) - 1 // less the descriptor that read them
+	}
+	if fd, err := unix.Openat(r.procfd, "self/statm", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		f := os.NewFile(uintptr(fd), "statm")
+		var size, resident uint64
+		fmt.Fscan(f, &size, &resident)
+		f.Close()
+		rss = resident * uint64(os.Getpagesize())
+	}
+	return files, rss
 }
 
 // statsJSON renders the counters for StatsXattr.

@@ -50,7 +50,8 @@ func stressOnce(t *testing.T, pair fstest.DiffPair, format string, cfg fstest.St
 	rm, sm := ref.Mount(t), sut.Mount(t)
 	done := make(chan *fstest.StressResult)
 	go func() { done <- fstest.Stress(rm, cfg) }()
-	got := fstest.Stress(sm, cfg)
+	got := new(fstest.StressResult)
+	runClient(t, "stress", stressArgs{Mnt: sm, Cfg: cfg}, got) // in another process: see client_test.go
 	want := <-done
 	if len(want.Failures) > 0 {
 		t.Fatalf("the model disagrees with the reference (a harness bug):\n%s", strings.Join(want.Failures, "\n"))
@@ -102,7 +103,9 @@ func shrinkWorker(t *testing.T, pair fstest.DiffPair, res *fstest.StressResult) 
 		fstest.FillStressLowers(t, u.Lower(0), u.Lower(1), 1)
 		mnt := u.Mount(t)
 		defer u.Unmount(t)
-		return fstest.ReplayWorker(mnt, ops) != ""
+		var failure string
+		runClient(t, "replay", stressArgs{Mnt: mnt, Ops: ops}, &failure)
+		return failure != ""
 	}
 	ops := res.Ops[w]
 	if !fails(ops) {

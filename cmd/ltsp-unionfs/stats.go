@@ -75,6 +75,8 @@ func printStats(w io.Writer, st unionfs.Stats) {
 		st.UpperLookups, st.LowerLookups, st.LayerReaddirs)
 	fmt.Fprintf(w, "copy-ups:             %d with data (%d bytes), %d metadata only, %d directories\n",
 		st.CopyUps, st.CopyUpBytes, st.MetadataCopyUps, st.DirCopyUps)
+	fmt.Fprintf(w, "daemon:               %d goroutines, %d open files, %.1f MiB resident\n",
+		st.Goroutines, st.OpenFiles, float64(st.RSSBytes)/(1<<20))
 	fmt.Fprintln(w, "requests:")
 	printCounts(w, st.Requests)
 	if len(st.Errors) > 0 {
