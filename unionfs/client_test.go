@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ltsp/ltsp-unionfs/fstest"
 )
 
@@ -31,6 +33,47 @@ type stressArgs struct {
 type fsxArgs struct {
 	Path, WantFrom, Src, SrcFrom string
 	Cfg                          fstest.FsxConfig
+}
+
+// mmapArgs are the arguments of the "mmap" client: it maps Len bytes of the file at Path (read-write when Write
+// is set, which it copies to the mapping's start and msyncs) and returns the mapping's first Len bytes.
+type mmapArgs struct {
+	Path  string
+	Len   int
+	Write string
+}
+
+// mmapInChild maps a file in a child process (see above) and returns what the mapping held.
+func mmapInChild(t *testing.T, path string, n int, write string) string {
+	t.Helper()
+	var got string
+	runClient(t, "mmap", mmapArgs{Path: path, Len: n, Write: write}, &got)
+	return got
+}
+
+// mmapFile is the "mmap" client.
+func mmapFile(a mmapArgs) (string, error) {
+	flag, prot := os.O_RDONLY, unix.PROT_READ
+	if a.Write != "" {
+		flag, prot = os.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
+	}
+	f, err := os.OpenFile(a.Path, flag, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, a.Len, prot, unix.MAP_SHARED)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Munmap(m)
+	if a.Write != "" {
+		copy(m, a.Write)
+		if err := unix.Msync(m, unix.MS_SYNC); err != nil {
+			return "", err
+		}
+	}
+	return string(m), nil
 }
 
 // runClient runs the named client with args in a child process and decodes its result into result.
@@ -69,6 +112,18 @@ func clientMain(name string) int {
 		} else {
 			result = fstest.ReplayWorker(a.Mnt, a.Ops)
 		}
+	case "mmap":
+		var a mmapArgs
+		if err := json.NewDecoder(os.Stdin).Decode(&a); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		got, err := mmapFile(a)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		result = got
 	case "fsx":
 		var a fsxArgs
 		if err := json.NewDecoder(os.Stdin).Decode(&a); err != nil {

@@ -204,19 +204,7 @@ func TestMmapWriteKeepsSetuid(t *testing.T) {
 	mnt := u.Mount(t)
 	for name := range sizes {
 		for _, dir := range []string{ref, mnt} {
-			p := filepath.Join(dir, name)
-			f, err := os.OpenFile(p, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-			if err != nil {
-				t.Fatal(err)
-			}
-			copy(m, "mapped")
-			unix.Msync(m, unix.MS_SYNC)
-			unix.Munmap(m)
-			f.Close()
+			mmapInChild(t, filepath.Join(dir, name), 4096, "mapped") // see client_test.go
 		}
 		want, got := privState(t, filepath.Join(ref, name)), privState(t, filepath.Join(mnt, name))
 		if got != want {
