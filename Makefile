@@ -6,7 +6,9 @@
 #   make install    install the binary, the mount(8) helper link and the dracut module (see README)
 #   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
 #   make bench-quick  the same in under 3 minutes: one repetition, short fio runs, no dpkg workload
+#   make stress     the long runs of the stress, fsx, differential and load tests (root; STRESS_TIME, default 1h)
 
+SHELL       := /bin/bash
 GO          ?= go
 # /usr, not /usr/local: dracut and mount.fuse3 look for the program in /usr/bin, /usr/sbin, /bin and /sbin only.
 PREFIX      ?= /usr
@@ -20,7 +22,8 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 export CGO_ENABLED = 0
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
-.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps
+.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps \
+	stress
 
 all: build
 
@@ -63,6 +66,23 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(GO) run ./benchmarks --quick $(BENCHFLAGS)
+
+# The tests CI runs briefly, run long: concurrent stress workers against kernel overlayfs for most of
+# STRESS_TIME, then fsx, the differential fuzzer and the many-clients load test. The log goes to stress.log; its
+# summary belongs in README's "What was tried" table.
+STRESS_TIME ?= 1h
+STRESS_LOG  ?= stress.log
+stress:
+	@secs=$$(CGO_ENABLED=1 $(GO) run ./internal/testutil/cmd/seconds $(STRESS_TIME)); \
+	stress=$$((secs * 3 / 4))s; load=$$((secs / 8))s; \
+	set -o pipefail; { \
+	echo "make stress: STRESS_TIME=$(STRESS_TIME) on $$(uname -r), $$(nproc) CPUs, commit $(VERSION), $$(date -u)"; \
+	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_STRESS_DURATION=$$stress LTSP_UNIONFS_FSX_OPS=100000 \
+	LTSP_UNIONFS_DIFF_SEEDS=100 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 0 -v \
+		-run '^(TestStress|TestFsx|TestDifferentialRandom|TestConcurrentCopyUpOfLargeFile)$$' ./unionfs && \
+	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_LOAD_DURATION=$$load CGO_ENABLED=1 $(GO) test -race -count=1 \
+		-timeout 0 -v -run '^TestManyClientsNoLeak$$' ./cmd/ltsp-unionfs; \
+	} 2>&1 | tee $(STRESS_LOG) | grep -E '^(make stress|--- |ok|FAIL|PASS)|(stress|fsx|load|diff)_test.go'
 
 install: build
 	install -D -m 0755 ltsp-unionfs $(DESTDIR)$(PREFIX)/bin/ltsp-unionfs

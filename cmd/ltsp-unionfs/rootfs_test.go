@@ -415,3 +415,32 @@ func TestAnonymousUpper(t *testing.T) {
 		t.Errorf("the lower changed: %q", got)
 	}
 }
+
+// TestMountOverItsOwnLower mounts the union on its own lower directory, as an initramfs does with
+// ro=/sysroot ... /sysroot: the daemon holds the lower open from before the mount, so the union shows the lower's
+// files, writes land in the upper, and the lower underneath is untouched.
+func TestMountOverItsOwnLower(t *testing.T) {
+	testutil.RequireFUSE(t)
+	l := newLayout(t)
+	os.WriteFile(filepath.Join(l.lower, "etc-hostname"), []byte("image\n"), 0644)
+	if r := runCLI(t, "", "ro="+l.lower, "rw="+l.upper, l.lower); r.code != 0 {
+		t.Fatalf("mount over the lower: exit %d: %s", r.code, r.stderr)
+	}
+	defer unmountAndWait(t, l.lower)
+	if got, err := os.ReadFile(filepath.Join(l.lower, "etc-hostname")); err != nil || string(got) != "image\n" {
+		t.Fatalf("through the union: %q, %v", got, err)
+	}
+	if err := os.WriteFile(filepath.Join(l.lower, "etc-hostname"), []byte("client\n"), 0644); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(l.upper, "etc-hostname")); string(got) != "client\n" {
+		t.Errorf("the write did not land in the upper: %q", got)
+	}
+	if m, ok := testutil.MountAt(l.lower); !ok || m.FSType != "fuse.ltsp-unionfs" {
+		t.Fatalf("no union on %s", l.lower)
+	}
+	unmountAndWait(t, l.lower)
+	if got, _ := os.ReadFile(filepath.Join(l.lower, "etc-hostname")); string(got) != "image\n" {
+		t.Errorf("the lower itself changed: %q", got)
+	}
+}
