@@ -28,12 +28,19 @@ type faultUnion struct {
 	*testUnion
 	ffs     *faultfs.FS
 	backing string // the directory faultfs serves: the lower layer's real content
-	mnt     string // the union's mount point
 }
 
-// newFaultUnion mounts faultfs over a directory that fill populates and a union over it. faultfs is mounted
-// first so that its cleanup (which cuts its connection) runs after the union's unmount.
+// newFaultUnion mounts faultfs over a directory that fill populates and a union over it.
 func newFaultUnion(t *testing.T, fill func(dir string)) *faultUnion {
+	t.Helper()
+	u := newFaultUnionUnmounted(t, fill)
+	u.mnt = u.Mount(t)
+	return u
+}
+
+// newFaultUnionUnmounted is newFaultUnion without mounting the union. faultfs is mounted first so that its
+// cleanup (which cuts its connection) runs after the union's unmount.
+func newFaultUnionUnmounted(t *testing.T, fill func(dir string)) *faultUnion {
 	t.Helper()
 	testutil.RequireFUSE(t)
 	testutil.RequireRoot(t)
@@ -50,7 +57,7 @@ func newFaultUnion(t *testing.T, fill func(dir string)) *faultUnion {
 	})
 	u := newTestUnion(t, 1)
 	u.lowers[0] = fmnt
-	return &faultUnion{testUnion: u, ffs: ffs, backing: backing, mnt: u.Mount(t)}
+	return &faultUnion{testUnion: u, ffs: ffs, backing: backing}
 }
 
 // content returns deterministic pseudo-random data of n bytes for a name.

@@ -62,6 +62,7 @@ type FS struct {
 	rules     []*rule // protected by mu
 	noXattr   atomic.Bool
 	dtUnknown atomic.Bool
+	zeroBlk   atomic.Bool
 	latency   atomic.Int64 // nanoseconds added to every operation
 
 	injected atomic.Int64 // failures injected so far
@@ -143,6 +144,10 @@ func (f *FS) SetNoXattr(on bool) { f.noXattr.Store(on) }
 
 // SetDTUnknown makes directory listings report DT_UNKNOWN for every entry (on), as some NFS servers do.
 func (f *FS) SetDTUnknown(on bool) { f.dtUnknown.Store(on) }
+
+// SetZeroBlocks makes attributes report no allocated blocks (on), as compressing or deduplicating servers may
+// for files that do hold data.
+func (f *FS) SetZeroBlocks(on bool) { f.zeroBlk.Store(on) }
 
 // SetLatency adds d to every operation.
 func (f *FS) SetLatency(d time.Duration) { f.latency.Store(int64(d)) }

@@ -41,7 +41,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if errno := n.fs.fault(OpLookup, path.Join(n.rel(), name)); errno != 0 {
 		return nil, errno
 	}
-	return n.LoopbackNode.Lookup(ctx, name, out)
+	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
+	if errno == 0 && n.fs.zeroBlk.Load() {
+		out.Blocks = 0
+	}
+	return ch, errno
 }
 
 // Open - FUSE call. The file handle fails reads by the rules too.
@@ -65,7 +69,11 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 	if ff, ok := f.(*file); ok {
 		f = ff.LoopbackFile
 	}
-	return n.LoopbackNode.Getattr(ctx, f, out)
+	errno := n.LoopbackNode.Getattr(ctx, f, out)
+	if errno == 0 && n.fs.zeroBlk.Load() {
+		out.Blocks = 0
+	}
+	return errno
 }
 
 // Readlink - FUSE call (latency only).
