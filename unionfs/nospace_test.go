@@ -125,7 +125,7 @@ var spaceOps = []spaceOp{
 	},
 	{
 		name: "rename-dir", needsInode: true,
-		run:  func(mnt string) error { return os.Rename(mnt+"/dir", mnt+"/dir2") },
+		run: func(mnt string) error { return os.Rename(mnt+"/dir", mnt+"/dir2") },
 		done: func(t *testing.T, mnt string) {
 			wantAbsent(t, mnt, "dir")
 			for _, p := range []string{"dir/x", "dir/sub/y"} {
@@ -151,7 +151,7 @@ var spaceOps = []spaceOp{
 	},
 	{
 		name: "mkdir", needsInode: true,
-		run:  func(mnt string) error { return os.Mkdir(mnt+"/newdir", 0755) },
+		run: func(mnt string) error { return os.Mkdir(mnt+"/newdir", 0755) },
 		done: func(t *testing.T, mnt string) {
 			if st, err := os.Stat(mnt + "/newdir"); err != nil || !st.IsDir() {
 				t.Errorf("newdir: %v", err)
@@ -161,7 +161,7 @@ var spaceOps = []spaceOp{
 	},
 	{
 		name: "setxattr", needsInode: true,
-		run:  func(mnt string) error { return unix.Setxattr(mnt+"/xa", "user.k", []byte("v"), 0) },
+		run: func(mnt string) error { return unix.Setxattr(mnt+"/xa", "user.k", []byte("v"), 0) },
 		done: func(t *testing.T, mnt string) {
 			buf := make([]byte, 16)
 			if n, err := unix.Getxattr(mnt+"/xa", "user.k", buf); err != nil || string(buf[:n]) != "v" {
@@ -177,7 +177,7 @@ var spaceOps = []spaceOp{
 	},
 	{
 		name: "chmod", needsInode: true,
-		run:  func(mnt string) error { return os.Chmod(mnt+"/chm", 0600) },
+		run: func(mnt string) error { return os.Chmod(mnt+"/chm", 0600) },
 		done: func(t *testing.T, mnt string) {
 			if st, err := os.Stat(mnt + "/chm"); err != nil || st.Mode().Perm() != 0600 {
 				t.Errorf("chm after chmod: %v", err)
