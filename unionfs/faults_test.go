@@ -439,3 +439,61 @@ func rawTypes(t *testing.T, dir string) map[string]uint8 {
 		}
 	}
 }
+
+// TestFaultLowerStaleDir: the lower layer's server replaces a directory (NFS: its file handle goes stale) after
+// the union has opened it. The daemon's descriptor of it then fails with ESTALE for good; the name, looked up
+// again, leads to the directory anew. Lookups, reads and listings in it must work again after one retry by
+// name.
+func TestFaultLowerStaleDir(t *testing.T) {
+	u := newFaultUnion(t, func(dir string) {
+		writeFiles(t, dir, 1000, "d/f1", "d/f2", "d/f3", "d/sub/g", "e/h", "e/i", "s/j")
+	})
+	// The union opens d, d/sub, e and s (their nodes hold descriptors of them).
+	for _, f := range []string{"d/f1", "d/sub/g", "e/h", "s/j"} {
+		if _, err := os.ReadFile(filepath.Join(u.mnt, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"d", "d/sub", "e", "s"} {
+		if !u.ffs.MarkStale(d) {
+			t.Fatalf("faultfs does not know %s", d)
+		}
+	}
+	firstListing := "ok"
+	within(t, 10*time.Second, "access to stale lower directories", func() {
+		// Lookups: the kernel retries a lookup that failed with ESTALE once, by name.
+		for _, f := range []string{"d/f2", "d/sub/g", "d/f3"} {
+			if data, err := os.ReadFile(filepath.Join(u.mnt, f)); err != nil || !bytes.Equal(data, content(f, 1000)) {
+				t.Errorf("reading %s after its directory went stale: %v", f, err)
+			}
+		}
+		// stat(2) of the stale directory itself: retried by name too.
+		if st, err := os.Stat(u.mnt + "/s"); err != nil || !st.IsDir() {
+			t.Errorf("stat of a stale directory: %v", err)
+		}
+		// A listing first: getdents is not retried, so the first one may fail; the daemon has the kernel forget
+		// the name at once (from outside the request), after which listings work.
+		var err error
+		tries := 0
+		for try := 0; try < 50; try++ {
+			tries++
+			if try > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			var es []os.DirEntry
+			if es, err = os.ReadDir(u.mnt + "/e"); err == nil {
+				if len(es) != 2 {
+					t.Errorf("listing e after it went stale: %d entries, want 2", len(es))
+				}
+				break
+			}
+			firstListing = err.Error()
+		}
+		if err != nil || tries > 3 {
+			t.Errorf("listing e after it went stale: %d attempts, last: %v", tries, err)
+		}
+		firstListing += fmt.Sprintf(", %d attempts", tries)
+	})
+	t.Logf("stale directories: %d ESTALE answered by the lower; first listing of a stale directory: %s",
+		u.ffs.Injected(), firstListing)
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,10 +57,12 @@ type FS struct {
 	Dir, Mountpoint string
 
 	server  *fuse.Server
+	root    *node
 	connDir string // /sys/fs/fuse/connections/N of the mount
 
 	mu        sync.Mutex
-	rules     []*rule // protected by mu
+	rules     []*rule                // protected by mu
+	stale     map[fs.StableAttr]bool // nodes made stale; protected by mu
 	noXattr   atomic.Bool
 	dtUnknown atomic.Bool
 	zeroBlk   atomic.Bool
@@ -79,6 +82,7 @@ func Mount(dir, mountpoint string) (*FS, error) {
 	lr := &fs.LoopbackRoot{Path: dir, Dev: uint64(st.Dev)}
 	root := &node{LoopbackNode: &fs.LoopbackNode{RootData: lr}, fs: f}
 	lr.RootNode = root
+	f.root = root
 	zero := time.Duration(0)
 	opts := &fs.Options{
 		EntryTimeout:    &zero,
@@ -141,6 +145,37 @@ func (f *FS) ClearRules() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rules = nil
+}
+
+// MarkStale makes the node the kernel knows for path p (relative to the root, looked up before) answer ESTALE
+// to every operation on it or in it, as an NFS file handle does once the server has replaced the object: a
+// client holding a descriptor of it gets ESTALE for good, while a fresh lookup of the name finds the object
+// again, as a new node. It reports whether the node was known.
+func (f *FS) MarkStale(p string) bool {
+	in := f.root.EmbeddedInode()
+	for _, c := range strings.Split(path.Clean(p), "/") {
+		if in = in.GetChild(c); in == nil {
+			return false
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stale == nil {
+		f.stale = map[fs.StableAttr]bool{}
+	}
+	f.stale[in.StableAttr()] = true
+	return true
+}
+
+// isStale reports whether the node with identity id was made stale.
+func (f *FS) isStale(id fs.StableAttr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stale[id] {
+		f.injected.Add(1)
+		return true
+	}
+	return false
 }
 
 // SetNoXattr makes every xattr operation fail with EOPNOTSUPP (on) or pass through (off).

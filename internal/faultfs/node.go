@@ -15,6 +15,9 @@ type node struct {
 	fs *FS
 }
 
+// stale reports whether the node was made stale (see FS.MarkStale).
+func (n *node) stale() bool { return n.fs.isStale(n.StableAttr()) }
+
 var (
 	_ fs.NodeWrapChilder    = (*node)(nil)
 	_ fs.NodeLookuper       = (*node)(nil)
@@ -41,7 +44,19 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if errno := n.fs.fault(OpLookup, path.Join(n.rel(), name)); errno != 0 {
 		return nil, errno
 	}
+	if n.stale() {
+		return nil, syscall.ESTALE
+	}
 	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
+	if errno == 0 {
+		if id := ch.StableAttr(); n.fs.isStale(id) {
+			// The name's object as a new node (a later generation), as a server hands out a new handle.
+			for n.fs.isStale(id) {
+				id.Gen++
+			}
+			ch = n.NewInode(ctx, &fs.LoopbackNode{RootData: n.RootData}, id)
+		}
+	}
 	if errno == 0 && n.fs.zeroBlk.Load() {
 		out.Blocks = 0
 	}
@@ -54,6 +69,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if errno := n.fs.fault(OpOpen, p); errno != 0 {
 		return nil, 0, errno
 	}
+	if n.stale() {
+		return nil, 0, syscall.ESTALE
+	}
 	fh, fl, errno := n.LoopbackNode.Open(ctx, flags)
 	if errno != 0 {
 		return nil, 0, errno
@@ -65,6 +83,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	if errno := n.fs.fault(OpGetattr, n.rel()); errno != 0 {
 		return errno
+	}
+	if n.stale() {
+		return syscall.ESTALE
 	}
 	if ff, ok := f.(*file); ok {
 		f = ff.LoopbackFile
@@ -85,6 +106,9 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // OpendirHandle - FUSE call. With SetDTUnknown the listing carries no types.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	n.fs.fault(0, "")
+	if n.stale() {
+		return nil, 0, syscall.ESTALE
+	}
 	fh, fl, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
 	if errno != 0 {
 		return nil, 0, errno
