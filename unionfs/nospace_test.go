@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ltsp/ltsp-unionfs/internal/faultfs"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
@@ -417,5 +418,116 @@ func upperObjects(t *testing.T, upper string) map[string]bool {
 		}
 		return nil
 	})
+	return out
+}
+
+// TestUpperQuota runs every operation that needs the upper layer against a quota that runs out at every stage:
+// the upper layer is a faultfs mount (of a tmpfs directory) whose creations, writes and xattr writes fail with
+// EDQUOT after the first N. This kernel has no filesystem quotas for tmpfs or ext4 (CONFIG_TMPFS_QUOTA,
+// CONFIG_QFMT_V2 off), and a root daemon is exempt from hard limits anyway (CAP_SYS_RESOURCE), so EDQUOT reaches
+// the union only from an upper layer on a network or FUSE filesystem that enforces quotas on the server: which
+// this reproduces. faultfs has no O_TMPFILE, so copies are built under temporary names.
+func TestUpperQuota(t *testing.T) {
+	testutil.RequireRoot(t)
+	quotaOps := faultfs.OpCreate | faultfs.OpWrite | faultfs.OpSetxattr
+	counts := map[string]int{}
+	attempts := 0
+	for _, op := range spaceOps {
+		// How many quota-charged operations op makes on the upper layer when nothing fails.
+		var need int
+		t.Run("measure/"+op.name, func(t *testing.T) {
+			u, ffs := quotaUnion(t)
+			ffs.AddRule(faultfs.Rule{Ops: quotaOps, Errno: syscall.EDQUOT, Skip: 1 << 30})
+			if err := op.run(u.mnt); err != nil {
+				t.Fatalf("%s with no quota: %v", op.name, err)
+			}
+			op.done(t, u.mnt)
+			need = int(ffs.Hits())
+		})
+		for _, skip := range stages(need) {
+			t.Run(fmt.Sprintf("%s/after=%d", op.name, skip), func(t *testing.T) {
+				attempts++
+				u, ffs := quotaUnion(t)
+				ffs.AddRule(faultfs.Rule{Ops: quotaOps, Errno: syscall.EDQUOT, Skip: skip})
+				err := op.run(u.mnt)
+				e := errnoOf(err)
+				counts[fmt.Sprint(e)]++
+				switch {
+				case skip == need && err != nil:
+					t.Errorf("%s with quota for all it needs: %v", op.name, err)
+				case err != nil && e != syscall.EDQUOT:
+					t.Errorf("%s over quota: %v, want EDQUOT", op.name, err)
+				}
+				if err == nil {
+					op.done(t, u.mnt)
+				} else {
+					// The view is unchanged. Complete copies made before the failing step (a copy-up
+					// before a write that fails) may stay: they show what the lower layer shows.
+					op.undone(t, u.mnt)
+				}
+				checkNoTemp(t, u.backing)
+				if data, err := os.ReadFile(u.mnt + "/kept"); err != nil || !bytes.HasPrefix(data, keptData) {
+					t.Errorf("kept, written before the quota ran out: %v, not intact", err)
+				}
+				if err != nil && op.name != "write" {
+					// With quota back, the same operation works.
+					ffs.ClearRules()
+					if err := op.run(u.mnt); err != nil {
+						t.Errorf("%s with quota back: %v", op.name, err)
+					} else {
+						op.done(t, u.mnt)
+					}
+					checkNoTemp(t, u.backing)
+				}
+			})
+		}
+	}
+	t.Logf("EDQUOT: %d attempts of %d operation kinds, the quota running out at every stage; errnos %v",
+		attempts, len(spaceOps), counts)
+}
+
+// quotaUnion is spaceUnion with a faultfs upper layer over a tmpfs directory; the union's mount point is u.mnt
+// and the upper layer's real content is under fu.backing.
+func quotaUnion(t *testing.T) (*faultUnion, *faultfs.FS) {
+	t.Helper()
+	testutil.RequireFUSE(t)
+	backing, fmnt := t.TempDir(), t.TempDir()
+	if err := unix.Mount("tmpfs", backing, "tmpfs", 0, "size=64m,mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testutil.Unmount(t, backing) })
+	ffs, err := faultfs.Mount(backing, fmnt)
+	if err != nil {
+		t.Fatalf("mounting faultfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := ffs.Unmount(); err != nil {
+			t.Errorf("unmounting faultfs: %v", err)
+		}
+	})
+	u := newTestUnion(t, 1)
+	for p, size := range nsLowerFiles {
+		writeFiles(t, u.lowers[0], size, p)
+	}
+	u.upper = fmnt
+	mnt := u.Mount(t)
+	f, err := os.Create(mnt + "/kept")
+	must(t, err)
+	_, err = f.Write(keptData)
+	must(t, err)
+	must(t, f.Sync())
+	must(t, f.Close())
+	return &faultUnion{testUnion: u, ffs: ffs, backing: backing}, ffs
+}
+
+// stages returns the points 0..need at which a quota runs out: all of them for short operations, the first and
+// last few and some between for long ones (a copy-up makes a write per chunk).
+func stages(need int) []int {
+	var out []int
+	for i := 0; i <= need; i++ {
+		if need <= 12 || i < 4 || i > need-4 || i%(need/4) == 0 {
+			out = append(out, i)
+		}
+	}
 	return out
 }

@@ -27,22 +27,28 @@ type Op uint32
 
 // The operations a Rule can fail.
 const (
-	OpLookup  Op = 1 << iota // LOOKUP of the path (the name in its parent)
-	OpOpen                   // OPEN of the path
-	OpRead                   // READ of an open file of the path
-	OpGetattr                // GETATTR of the path
+	OpLookup   Op = 1 << iota // LOOKUP of the path (the name in its parent)
+	OpOpen                    // OPEN of the path
+	OpRead                    // READ of an open file of the path
+	OpGetattr                 // GETATTR of the path
+	OpCreate                  // CREATE, MKDIR, MKNOD, SYMLINK, LINK of the new path, and RENAME with RENAME_WHITEOUT
+	OpWrite                   // WRITE to an open file of the path
+	OpSetxattr                // SETXATTR of the path
+	OpRename                  // RENAME of the path (the source)
 )
 
 // Rule makes operations on matching paths fail.
 type Rule struct {
 	// Pattern is matched with path.Match against the path relative to the mount's root, without a leading
-	// slash ("dir/file", "dir/*").
+	// slash ("dir/file", "dir/*"); "" matches every path.
 	Pattern string
 	// Ops are the operations that fail.
 	Ops Op
 	// Errno is what they fail with.
 	Errno syscall.Errno
-	// Times limits the failures to the first Times matching operations; 0 means every time.
+	// Skip lets the first Skip matching operations pass (a quota that runs out after so many allocations).
+	Skip int
+	// Times limits the failures to the first Times matching operations after those skipped; 0 means every time.
 	Times int
 }
 
@@ -140,6 +146,17 @@ func (f *FS) AddRule(r Rule) {
 	f.rules = append(f.rules, &rule{Rule: r})
 }
 
+// Hits returns how many operations matched the rules so far (skipped and failed ones included).
+func (f *FS) Hits() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, r := range f.rules {
+		n += r.hits.Load()
+	}
+	return n
+}
+
 // ClearRules removes every rule.
 func (f *FS) ClearRules() {
 	f.mu.Lock()
@@ -209,11 +226,11 @@ func (f *FS) fault(op Op, p string) syscall.Errno {
 		if r.Ops&op == 0 {
 			continue
 		}
-		if ok, _ := path.Match(r.Pattern, p); !ok {
+		if ok, _ := path.Match(r.Pattern, p); !ok && r.Pattern != "" {
 			continue
 		}
-		n := r.hits.Add(1)
-		if r.Times == 0 || n <= int64(r.Times) {
+		n := r.hits.Add(1) - int64(r.Skip)
+		if n > 0 && (r.Times == 0 || n <= int64(r.Times)) {
 			f.injected.Add(1)
 			return r.Errno
 		}

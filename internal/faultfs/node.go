@@ -29,6 +29,13 @@ var (
 	_ fs.NodeListxattrer    = (*node)(nil)
 	_ fs.NodeRemovexattrer  = (*node)(nil)
 	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeCreater        = (*node)(nil)
+	_ fs.NodeTmpfiler       = (*node)(nil)
+	_ fs.NodeMkdirer        = (*node)(nil)
+	_ fs.NodeMknoder        = (*node)(nil)
+	_ fs.NodeSymlinker      = (*node)(nil)
+	_ fs.NodeLinker         = (*node)(nil)
+	_ fs.NodeRenamer        = (*node)(nil)
 )
 
 // WrapChild makes every child a node of the same FS.
@@ -129,6 +136,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.fs.xattrFault(); errno != 0 {
 		return errno
 	}
+	if errno := n.fs.fault(OpSetxattr, n.rel()); errno != 0 {
+		return errno
+	}
 	return n.LoopbackNode.Setxattr(ctx, attr, data, flags)
 }
 
@@ -148,6 +158,77 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return n.LoopbackNode.Removexattr(ctx, attr)
 }
 
+// Create - FUSE call.
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	p := path.Join(n.rel(), name)
+	if errno := n.fs.fault(OpCreate, p); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ch, fh, fl, errno := n.LoopbackNode.Create(ctx, name, flags, mode, out)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return ch, &file{LoopbackFile: fh.(*fs.LoopbackFile), fs: n.fs, path: p}, fl, 0
+}
+
+// Tmpfile - FUSE call. Refused, as by filesystems without O_TMPFILE: clients fall back to named temporary files.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EOPNOTSUPP
+}
+
+// Mkdir - FUSE call.
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno := n.fs.fault(OpCreate, path.Join(n.rel(), name)); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+}
+
+// Mknod - FUSE call.
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno := n.fs.fault(OpCreate, path.Join(n.rel(), name)); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+}
+
+// Symlink - FUSE call.
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno := n.fs.fault(OpCreate, path.Join(n.rel(), name)); errno != 0 {
+		return nil, errno
+	}
+	return n.LoopbackNode.Symlink(ctx, target, name, out)
+}
+
+// Link - FUSE call.
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno := n.fs.fault(OpCreate, path.Join(n.rel(), name)); errno != 0 {
+		return nil, errno
+	}
+	if t, ok := target.(*node); ok {
+		target = t.LoopbackNode
+	}
+	return n.LoopbackNode.Link(ctx, target, name, out)
+}
+
+// Rename - FUSE call. A rename that leaves a whiteout creates an object too.
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	p := path.Join(n.rel(), name)
+	if errno := n.fs.fault(OpRename, p); errno != 0 {
+		return errno
+	}
+	const renameWhiteout = 1 << 2 // RENAME_WHITEOUT
+	if flags&renameWhiteout != 0 {
+		if errno := n.fs.fault(OpCreate, p); errno != 0 {
+			return errno
+		}
+	}
+	if np, ok := newParent.(*node); ok {
+		newParent = np.LoopbackNode
+	}
+	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+}
+
 // file is an open file whose reads consult the rules. It offers no passthrough descriptor, so reads reach it.
 type file struct {
 	*fs.LoopbackFile
@@ -161,6 +242,30 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		return nil, errno
 	}
 	return f.LoopbackFile.Read(ctx, dest, off)
+}
+
+// Write - FUSE call.
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if errno := f.fs.fault(OpWrite, f.path); errno != 0 {
+		return 0, errno
+	}
+	return f.LoopbackFile.Write(ctx, data, off)
+}
+
+// Writev - FUSE call.
+func (f *file) Writev(ctx context.Context, data [][]byte, off int64) (uint32, syscall.Errno) {
+	if errno := f.fs.fault(OpWrite, f.path); errno != 0 {
+		return 0, errno
+	}
+	return f.LoopbackFile.Writev(ctx, data, off)
+}
+
+// Allocate - FUSE call (fallocate counts as a write).
+func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	if errno := f.fs.fault(OpWrite, f.path); errno != 0 {
+		return errno
+	}
+	return f.LoopbackFile.Allocate(ctx, off, size, mode)
 }
 
 // PassthroughFd - never: the kernel must send every read.
