@@ -1,13 +1,15 @@
 package main
 
 import (
-	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"hash/fnv"
 	"io/fs"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -69,7 +71,7 @@ func TestCrashKill9(t *testing.T) {
 	stats := map[string]int{}
 	strays := 0 // temporary objects in the upper layer after the last kill
 	for it := 0; it < iterations; it++ {
-		cmd, _ := startForeground(t, l)
+		cmd := startDaemon(t, l)
 		mnt := l.mnt
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -166,7 +168,7 @@ func TestCrashKill9(t *testing.T) {
 		}
 
 		// A fresh daemon on the same upper layer.
-		cmd, _ = startForeground(t, l)
+		cmd = startDaemon(t, l)
 		for k := 0; k < replFiles; k++ {
 			name := fmt.Sprintf("r%d", k)
 			v, err := readVersion(filepath.Join(mnt, name), name, replSize)
@@ -248,13 +250,20 @@ func TestCrashKill9(t *testing.T) {
 }
 
 // versionData is the content of version v of a file: a header naming the file and version, then data that
-// depends on both, so a torn file (parts of two versions) never passes for one.
+// depends on both, with the name, version and block number stamped into every 4 KiB block, so a torn file (parts
+// of two versions, or a block in the wrong place) never passes for one.
 func versionData(name string, v, size int) []byte {
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s@%d", name, v)
+	seed := make([]byte, 8192)
+	rand.New(rand.NewSource(int64(h.Sum64()))).Read(seed)
 	b := make([]byte, size)
-	rand.New(rand.NewSource(int64(h.Sum64()))).Read(b)
-	copy(b, fmt.Sprintf("%s v%d\n", name, v))
+	for off := 0; off < size; off += len(seed) {
+		copy(b[off:], seed)
+	}
+	for off := 0; off < size; off += 4096 {
+		copy(b[off:], fmt.Sprintf("%s v%d\n block %d\n", name, v, off/4096))
+	}
 	return b
 }
 
@@ -279,10 +288,28 @@ func readVersion(p, name string, size int) (int, error) {
 	if _, err := fmt.Sscanf(string(data[:min(len(data), 200)]), name+" v%d\n", &v); err != nil {
 		return -1, fmt.Errorf("no version header (%d bytes): torn or empty", len(data))
 	}
-	if !bytes.Equal(data, versionData(name, v, size)) {
+	if sha256.Sum256(data) != versionSum(name, v, size) {
 		return -1, fmt.Errorf("header says version %d, content differs: torn", v)
 	}
 	return v, nil
+}
+
+var (
+	sumsMu sync.Mutex
+	sums   = map[string][32]byte{}
+)
+
+// versionSum is the checksum of versionData(name, v, size), computed once.
+func versionSum(name string, v, size int) [32]byte {
+	key := fmt.Sprintf("%s@%d/%d", name, v, size)
+	sumsMu.Lock()
+	defer sumsMu.Unlock()
+	if s, ok := sums[key]; ok {
+		return s
+	}
+	s := sha256.Sum256(versionData(name, v, size))
+	sums[key] = s
+	return s
 }
 
 func writeFileSync(p string, data []byte) error {
@@ -321,4 +348,46 @@ func waitOrFail(t *testing.T, wg *sync.WaitGroup, d time.Duration, what string) 
 	case <-time.After(d):
 		t.Fatalf("%s did not return within %v", what, d)
 	}
+}
+
+// startDaemon is startForeground with the daemon's stderr in a file and no exit delay, so that each of the
+// many restarts costs little.
+func startDaemon(t *testing.T, l layout) *exec.Cmd {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.CreateTemp(l.dir, "daemon-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(binary, "-f", "ro="+l.lower+":"+l.lower2, "rw="+l.upper, l.mnt)
+	// A race-enabled daemon sleeps a second at exit unless told not to (GORACE atexit_sleep_ms).
+	cmd.Env = append(os.Environ(), notifyEnv+"=3", "GORACE=atexit_sleep_ms=0")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	buf := make([]byte, 256)
+	n, _ := r.Read(buf)
+	r.Close()
+	if strings.TrimSpace(string(buf[:n])) != "OK" {
+		cmd.Wait()
+		log, _ := os.ReadFile(logf.Name())
+		t.Fatalf("the daemon did not become ready: %q; stderr: %s", buf[:n], log)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+		if _, ok := testutil.MountAt(l.mnt); ok {
+			testutil.Unmount(t, l.mnt)
+		}
+	})
+	return cmd
 }
