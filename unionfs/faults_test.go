@@ -2,7 +2,6 @@ package unionfs
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -174,13 +173,13 @@ func TestFaultLowerEIO(t *testing.T) {
 	}
 }
 
-func sum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
-
-var _ = unix.ENOSPC
-
 // TestFaultLowerESTALE: a lower layer that answers ESTALE once (an NFS file handle gone stale, e.g. after the
-// server replaced the file) costs the caller nothing: the name is looked up again and the operation retried. A
-// lower that answers ESTALE every time gives the caller ESTALE or EIO, promptly.
+// server replaced the file) costs the caller nothing: the lookup, getattr or open is retried by name. The
+// retries are the kernel's (a path walk that fails with ESTALE is redone once with LOOKUP_REVAL, both for the
+// daemon's *at calls on the lower and for the caller's call on the union, to which the daemon passes the ESTALE
+// on), so up to three ESTALEs in a row are absorbed; a cached read is retried by go-fuse (its splice falls back
+// to pread). A lower that answers ESTALE every time gives the caller ESTALE or EIO, promptly. The daemon's own
+// retry, for a directory whose handle went stale, is TestFaultLowerStaleDir.
 func TestFaultLowerESTALE(t *testing.T) {
 	const small, big = 8 << 10, 2 << 20
 	type fcase struct {
