@@ -125,11 +125,13 @@ func TestFaultLowerEIO(t *testing.T) {
 	u := newFaultUnion(t, func(dir string) {
 		writeFiles(t, dir, small, files[:6]...)
 		writeFiles(t, dir, big, "d/rbig")
+		writeFiles(t, dir, small, "bad/x", "good/y")
 	})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/lbad", Ops: faultfs.OpLookup, Errno: syscall.EIO})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/gbad", Ops: faultfs.OpGetattr, Errno: syscall.EIO})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/obad", Ops: faultfs.OpOpen, Errno: syscall.EIO})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/r*", Ops: faultfs.OpRead, Errno: syscall.EIO})
+	u.ffs.AddRule(faultfs.Rule{Pattern: "bad", Ops: faultfs.OpReaddir, Errno: syscall.EIO})
 
 	attempts := 0
 	seen := map[syscall.Errno]int{}
@@ -137,6 +139,19 @@ func TestFaultLowerEIO(t *testing.T) {
 		// The listing first: every name is there, although some cannot even be looked up.
 		if got, want := names(t, u.mnt+"/d"), names(t, u.backing+"/d"); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("listing under faults: %v, want %v", got, want)
+		}
+		// A lower directory that cannot be read: its listing fails with EIO (a partial listing would pass for
+		// the whole), the files in it can still be opened by name, and other directories list.
+		attempts += 3
+		if _, err := os.ReadDir(u.mnt + "/bad"); errnoOf(err) != syscall.EIO {
+			t.Errorf("listing a lower directory that cannot be read: %v, want EIO", err)
+		}
+		seen[syscall.EIO]++
+		if data, err := os.ReadFile(u.mnt + "/bad/x"); err != nil || !bytes.Equal(data, content("bad/x", small)) {
+			t.Errorf("reading a file in an unreadable directory: %v", err)
+		}
+		if got := names(t, u.mnt+"/good"); fmt.Sprint(got) != "[y]" {
+			t.Errorf("listing good beside an unreadable directory: %v", got)
 		}
 		for round := 0; round < 3; round++ {
 			for _, f := range files {

@@ -119,3 +119,35 @@ func TestLowerServerGone(t *testing.T) {
 		attempts, seen)
 	within(t, 10*time.Second, "unmounting the union", func() { u.Unmount(t) })
 }
+
+// TestUpperServerGone cuts the connection of a FUSE upper layer (its server dies): every operation fails
+// promptly with an error (even a lookup of a lower-only name must ask the upper layer whether it is whited out),
+// nothing hangs, and the union unmounts cleanly.
+func TestUpperServerGone(t *testing.T) {
+	u, ffs := quotaUnion(t)
+	mnt := u.mnt
+	must(t, os.WriteFile(mnt+"/upfile", []byte("upper"), 0644))
+	ffs.Abort()
+	seen := map[syscall.Errno]int{}
+	attempts := 0
+	try := func(what string, fn func() error) {
+		attempts++
+		var err error
+		within(t, 5*time.Second, what+" with the upper layer's server gone", func() { err = fn() })
+		seen[errnoOf(err)]++
+		if err == nil {
+			t.Errorf("%s with the upper layer's server gone succeeded", what)
+		}
+	}
+	try("read kept", func() error { _, err := os.ReadFile(mnt + "/kept"); return err })
+	try("read upfile", func() error { _, err := os.ReadFile(mnt + "/upfile"); return err })
+	try("create", func() error { return os.WriteFile(mnt+"/new", nil, 0644) })
+	try("copy-up", func() error { return appendTo(mnt+"/small", []byte("x")) })
+	try("mkdir", func() error { return os.Mkdir(mnt+"/newdir", 0755) })
+	try("unlink", func() error { return os.Remove(mnt + "/victim") })
+	try("rename", func() error { return os.Rename(mnt+"/dir", mnt+"/dir2") })
+	try("read a lower-only file", func() error { _, err := os.ReadFile(mnt + "/dir/x"); return err })
+	t.Logf("upper server gone: %d operations failed promptly, errnos %v",
+		attempts, seen)
+	within(t, 10*time.Second, "unmounting the union", func() { u.Unmount(t) })
+}

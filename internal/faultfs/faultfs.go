@@ -35,6 +35,7 @@ const (
 	OpWrite                   // WRITE to an open file of the path
 	OpSetxattr                // SETXATTR of the path
 	OpRename                  // RENAME of the path (the source)
+	OpReaddir                 // OPENDIR of the path (so its listing fails)
 )
 
 // Rule makes operations on matching paths fail.

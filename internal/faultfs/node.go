@@ -112,7 +112,9 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // OpendirHandle - FUSE call. With SetDTUnknown the listing carries no types.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	n.fs.fault(0, "")
+	if errno := n.fs.fault(OpReaddir, n.rel()); errno != 0 {
+		return nil, 0, errno
+	}
 	if n.stale() {
 		return nil, 0, syscall.ESTALE
 	}
