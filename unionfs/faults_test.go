@@ -127,6 +127,11 @@ func TestFaultLowerEIO(t *testing.T) {
 		writeFiles(t, dir, big, "d/rbig")
 		writeFiles(t, dir, small, "bad/x", "good/y")
 	})
+	// As root the daemon reads each lower through a private clone of its mount (open_tree): that works on a
+	// FUSE mount too, and the faults still come through it.
+	if !u.root.layers.Lowers()[0].private {
+		t.Error("the FUSE lower layer was not cloned")
+	}
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/lbad", Ops: faultfs.OpLookup, Errno: syscall.EIO})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/gbad", Ops: faultfs.OpGetattr, Errno: syscall.EIO})
 	u.ffs.AddRule(faultfs.Rule{Pattern: "d/obad", Ops: faultfs.OpOpen, Errno: syscall.EIO})

@@ -35,6 +35,11 @@ func TestLayersUnmountedLazily(t *testing.T) {
 	}
 	writeFiles(t, u.lowers[0], 64<<10, "a", "b", "dir/c", "dir/d")
 	mnt := u.Mount(t)
+	for _, l := range u.root.layers.all {
+		if !l.private {
+			t.Fatalf("%s is not reached through a private clone", l)
+		}
+	}
 	must(t, os.WriteFile(mnt+"/early", []byte("early"), 0644))
 	for _, d := range []string{u.lowers[0], u.upper} {
 		if err := unix.Unmount(d, unix.MNT_DETACH); err != nil {

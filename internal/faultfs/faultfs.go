@@ -9,6 +9,8 @@ package faultfs
 
 import (
 	"fmt"
+	"io"
+	"log"
 	"os"
 	"path"
 	"strings"
@@ -103,6 +105,8 @@ func Mount(dir, mountpoint string) (*FS, error) {
 			DisableReadDirPlus: true,
 			// Reads must reach the daemon, which fails them.
 			DisabledCapabilities: fuse.CAP_PASSTHROUGH,
+			// After Abort, go-fuse complains about every reply it can no longer send.
+			Logger: log.New(io.Discard, "", 0),
 		},
 	}
 	server, err := fs.Mount(mountpoint, root, opts)
