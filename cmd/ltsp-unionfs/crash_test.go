@@ -26,25 +26,34 @@ import (
 // forth; then it lazily unmounts the dead mount, mounts a fresh daemon on the same upper layer and checks:
 // every file is its old or its new version, never torn; every directory is at its old or new name, never both
 // or neither, with its content; what was renamed into place (after fsync) before the kill is there; no
-// temporary object of the daemon is visible. Seeded: LTSP_UNIONFS_CRASH_SEED reproduces a run.
+// temporary object of the daemon is visible. Seeded: LTSP_UNIONFS_CRASH_SEED reproduces a run. Each marker
+// format: overlay renames directories with a redirect, aufs and unionfs-fuse copy their subtrees.
 func TestCrashKill9(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireFUSE(t)
-	const (
-		iterations = 10
-		copyFiles  = 6       // lower files copied up per iteration
-		copySize   = 2 << 20 // their size
-		replFiles  = 4       // files replaced atomically, over and over
-		replSize   = 256 << 10
-		dirs       = 3 // lower directories renamed per iteration
-	)
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("LTSP_UNIONFS_CRASH_SEED"); s != "" {
 		fmt.Sscan(s, &seed)
 	}
 	t.Logf("seed %d (LTSP_UNIONFS_CRASH_SEED=%d reproduces this run)", seed, seed)
 	rng := rand.New(rand.NewSource(seed))
+	for _, f := range []struct {
+		format     string
+		iterations int
+	}{{"overlay", 10}, {"aufs", 4}, {"unionfs-fuse", 4}} {
+		t.Run(f.format, func(t *testing.T) { crashKill9(t, f.format, f.iterations, rng) })
+	}
+}
 
+// crashKill9 is TestCrashKill9 for one marker format.
+func crashKill9(t *testing.T, format string, iterations int, rng *rand.Rand) {
+	const (
+		copyFiles = 6       // lower files copied up per iteration
+		copySize  = 2 << 20 // their size
+		replFiles = 4       // files replaced atomically, over and over
+		replSize  = 256 << 10
+		dirs      = 3 // lower directories renamed per iteration
+	)
 	l := newLayout(t)
 	for it := 0; it < iterations; it++ {
 		for k := 0; k < copyFiles; k++ {
@@ -71,7 +80,7 @@ func TestCrashKill9(t *testing.T) {
 	stats := map[string]int{}
 	strays := 0 // temporary objects in the upper layer after the last kill
 	for it := 0; it < iterations; it++ {
-		cmd := startDaemon(t, l)
+		cmd := startDaemon(t, l, "-o", "whiteout="+format)
 		mnt := l.mnt
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -168,7 +177,7 @@ func TestCrashKill9(t *testing.T) {
 		}
 
 		// A fresh daemon on the same upper layer.
-		cmd = startDaemon(t, l)
+		cmd = startDaemon(t, l, "-o", "whiteout="+format)
 		for k := 0; k < replFiles; k++ {
 			name := fmt.Sprintf("r%d", k)
 			v, err := readVersion(filepath.Join(mnt, name), name, replSize)
@@ -244,8 +253,8 @@ func TestCrashKill9(t *testing.T) {
 			t.Fatalf("iteration %d: the fresh daemon did not exit cleanly on SIGTERM: %v", it, err)
 		}
 	}
-	t.Logf("kill -9: %d kills (%d while copy-ups were under way), then %d copy-ups, %d atomic replacements, %d directory renames completed before the kills; "+
-		"%d stray temporary objects in the upper layer after the last kill (never visible, removed with their directories)", iterations,
+	t.Logf("kill -9, %s format: %d kills (%d while copy-ups were under way), then %d copy-ups, %d atomic replacements, %d directory renames completed before the kills; "+
+		"%d stray temporary objects in the upper layer after the last kill (never visible, removed with their directories)", format, iterations,
 		stats["kills during copy-ups"], stats["copy-ups"], stats["replacements"], stats["dir renames"], strays)
 }
 
@@ -352,7 +361,7 @@ func waitOrFail(t *testing.T, wg *sync.WaitGroup, d time.Duration, what string) 
 
 // startDaemon is startForeground with the daemon's stderr in a file and no exit delay, so that each of the
 // many restarts costs little.
-func startDaemon(t *testing.T, l layout) *exec.Cmd {
+func startDaemon(t *testing.T, l layout, extra ...string) *exec.Cmd {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -363,7 +372,7 @@ func startDaemon(t *testing.T, l layout) *exec.Cmd {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(binary, "-f", "ro="+l.lower+":"+l.lower2, "rw="+l.upper, l.mnt)
+	cmd := exec.Command(binary, append([]string{"-f", "ro=" + l.lower + ":" + l.lower2, "rw=" + l.upper, l.mnt}, extra...)...)
 	// A race-enabled daemon sleeps a second at exit unless told not to (GORACE atexit_sleep_ms).
 	cmd.Env = append(os.Environ(), notifyEnv+"=3", "GORACE=atexit_sleep_ms=0")
 	cmd.ExtraFiles = []*os.File{w}
