@@ -26,7 +26,8 @@ import (
 // forth; then it lazily unmounts the dead mount, mounts a fresh daemon on the same upper layer and checks:
 // every file is its old or its new version, never torn; every directory is at its old or new name, never both
 // or neither, with its content; what was renamed into place (after fsync) before the kill is there; no
-// temporary object of the daemon is visible. Seeded: LTSP_UNIONFS_CRASH_SEED reproduces a run. Each marker
+// temporary object of the daemon is visible. Seeded: LTSP_UNIONFS_CRASH_SEED repeats a run's kill delays (what
+// the daemon was doing at each kill also depends on timing). Each marker
 // format: overlay renames directories with a redirect, aufs and unionfs-fuse copy their subtrees.
 func TestCrashKill9(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -35,7 +36,7 @@ func TestCrashKill9(t *testing.T) {
 	if s := os.Getenv("LTSP_UNIONFS_CRASH_SEED"); s != "" {
 		fmt.Sscan(s, &seed)
 	}
-	t.Logf("seed %d (LTSP_UNIONFS_CRASH_SEED=%d reproduces this run)", seed, seed)
+	t.Logf("seed %d (LTSP_UNIONFS_CRASH_SEED=%d repeats this run's kill delays)", seed, seed)
 	rng := rand.New(rand.NewSource(seed))
 	for _, f := range []struct {
 		format     string
