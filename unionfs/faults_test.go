@@ -466,15 +466,15 @@ func rawTypes(t *testing.T, dir string) map[string]uint8 {
 // name.
 func TestFaultLowerStaleDir(t *testing.T) {
 	u := newFaultUnion(t, func(dir string) {
-		writeFiles(t, dir, 1000, "d/f1", "d/f2", "d/f3", "d/sub/g", "e/h", "e/i", "s/j")
+		writeFiles(t, dir, 1000, "d/f1", "d/f2", "d/f3", "d/sub/g", "e/h", "e/i", "s/j", "c/k")
 	})
-	// The union opens d, d/sub, e and s (their nodes hold descriptors of them).
-	for _, f := range []string{"d/f1", "d/sub/g", "e/h", "s/j"} {
+	// The union opens d, d/sub, e, s and c (their nodes hold descriptors of them).
+	for _, f := range []string{"d/f1", "d/sub/g", "e/h", "s/j", "c/k"} {
 		if _, err := os.ReadFile(filepath.Join(u.mnt, f)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, d := range []string{"d", "d/sub", "e", "s"} {
+	for _, d := range []string{"d", "d/sub", "e", "s", "c"} {
 		if !u.ffs.MarkStale(d) {
 			t.Fatalf("faultfs does not know %s", d)
 		}
@@ -486,6 +486,10 @@ func TestFaultLowerStaleDir(t *testing.T) {
 			if data, err := os.ReadFile(filepath.Join(u.mnt, f)); err != nil || !bytes.Equal(data, content(f, 1000)) {
 				t.Errorf("reading %s after its directory went stale: %v", f, err)
 			}
+		}
+		// A file the kernel knows already (its name cached): opening it needs the stale directory.
+		if data, err := os.ReadFile(u.mnt + "/c/k"); err != nil || !bytes.Equal(data, content("c/k", 1000)) {
+			t.Errorf("reading c/k, known before its directory went stale: %v", err)
 		}
 		// stat(2) of the stale directory itself: retried by name too.
 		if st, err := os.Stat(u.mnt + "/s"); err != nil || !st.IsDir() {

@@ -534,6 +534,16 @@ func (n *Node) staleDir(errno syscall.Errno) syscall.Errno {
 	return errno
 }
 
+// parentStale is staleDir for the parent of the non-directory n, through whose layer descriptor n is reached.
+func (n *Node) parentStale(errno syscall.Errno) syscall.Errno {
+	if errno == syscall.ESTALE {
+		if p, _ := n.parentNode(); p != nil {
+			p.staleDir(errno)
+		}
+	}
+	return errno
+}
+
 // isStale reports whether n gave its name up to a new node (see Open).
 func (n *Node) isStale() bool {
 	n.openMu.Lock()

@@ -292,7 +292,7 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 		return false, errno
 	}
 	if err := sysx.Fstatat(dirfd, name, st); err != nil {
-		return false, toErrno(err)
+		return false, n.parentStale(toErrno(err))
 	}
 	if !n.isObject(st) {
 		return false, syscall.ESTALE
