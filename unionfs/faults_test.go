@@ -466,15 +466,15 @@ func rawTypes(t *testing.T, dir string) map[string]uint8 {
 // name.
 func TestFaultLowerStaleDir(t *testing.T) {
 	u := newFaultUnion(t, func(dir string) {
-		writeFiles(t, dir, 1000, "d/f1", "d/f2", "d/f3", "d/sub/g", "e/h", "e/i", "s/j", "c/k")
+		writeFiles(t, dir, 1000, "d/f1", "d/f2", "d/f3", "d/sub/g", "e/h", "e/i", "s/j", "c/k", "w/l")
 	})
 	// The union opens d, d/sub, e, s and c (their nodes hold descriptors of them).
-	for _, f := range []string{"d/f1", "d/sub/g", "e/h", "s/j", "c/k"} {
+	for _, f := range []string{"d/f1", "d/sub/g", "e/h", "s/j", "c/k", "w/l"} {
 		if _, err := os.ReadFile(filepath.Join(u.mnt, f)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, d := range []string{"d", "d/sub", "e", "s", "c"} {
+	for _, d := range []string{"d", "d/sub", "e", "s", "c", "w"} {
 		if !u.ffs.MarkStale(d) {
 			t.Fatalf("faultfs does not know %s", d)
 		}
@@ -490,6 +490,16 @@ func TestFaultLowerStaleDir(t *testing.T) {
 		// A file the kernel knows already (its name cached): opening it needs the stale directory.
 		if data, err := os.ReadFile(u.mnt + "/c/k"); err != nil || !bytes.Equal(data, content("c/k", 1000)) {
 			t.Errorf("reading c/k, known before its directory went stale: %v", err)
+		}
+		// Changes in a stale directory: a new file (the directory is copied up first) and a whiteout.
+		if err := os.WriteFile(u.mnt+"/w/new", []byte("new"), 0644); err != nil {
+			t.Errorf("creating a file in a stale directory: %v", err)
+		}
+		if err := os.Remove(u.mnt + "/w/l"); err != nil {
+			t.Errorf("removing a lower file in a stale directory: %v", err)
+		}
+		if got := names(t, u.mnt+"/w"); fmt.Sprint(got) != "[new]" {
+			t.Errorf("w after the changes: %v, want [new]", got)
 		}
 		// stat(2) of the stale directory itself: retried by name too.
 		if st, err := os.Stat(u.mnt + "/s"); err != nil || !st.IsDir() {
