@@ -531,3 +531,37 @@ func TestFaultLowerStaleDir(t *testing.T) {
 	t.Logf("stale directories: %d ESTALE answered by the lower; first listing of a stale directory: %s",
 		u.ffs.Injected(), firstListing)
 }
+
+// TestFaultLowerEIOCopyUp: a lower file whose data cannot be read (EIO at the start, or half way through the
+// copy) cannot be copied up: opening it for writing fails with EIO, nothing is left in the upper layer, and
+// once the lower reads again the copy-up works.
+func TestFaultLowerEIOCopyUp(t *testing.T) {
+	const size = 4 << 20
+	u := newFaultUnion(t, func(dir string) { writeFiles(t, dir, size, "start", "midway") })
+	u.ffs.AddRule(faultfs.Rule{Pattern: "start", Ops: faultfs.OpRead, Errno: syscall.EIO})
+	u.ffs.AddRule(faultfs.Rule{Pattern: "midway", Ops: faultfs.OpRead, Errno: syscall.EIO, Skip: 2})
+	seen := map[syscall.Errno]int{}
+	within(t, 10*time.Second, "copy-ups of unreadable lower files", func() {
+		for _, f := range []string{"start", "midway"} {
+			err := appendTo(filepath.Join(u.mnt, f), []byte("tail"))
+			seen[errnoOf(err)]++
+			if errnoOf(err) != syscall.EIO {
+				t.Errorf("copy-up of %s with its data unreadable: %v, want EIO", f, err)
+			}
+		}
+	})
+	if es, err := os.ReadDir(u.Upper()); err != nil || len(es) != 0 {
+		t.Errorf("upper layer after failed copy-ups: %v %v, want empty", es, err)
+	}
+	u.ffs.ClearRules()
+	for _, f := range []string{"start", "midway"} {
+		if err := appendTo(filepath.Join(u.mnt, f), []byte("tail")); err != nil {
+			t.Errorf("copy-up of %s once the lower reads again: %v", f, err)
+		}
+		data, err := os.ReadFile(filepath.Join(u.mnt, f))
+		if err != nil || !bytes.Equal(data, append(content(f, size), "tail"...)) {
+			t.Errorf("%s after the copy-up: %v, wrong content", f, err)
+		}
+	}
+	t.Logf("EIO during copy-up: 2 copy-ups failed (errnos %v), the upper layer left empty; both worked afterwards", seen)
+}
