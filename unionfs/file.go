@@ -217,7 +217,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
 		}
 		if err != nil {
-			return nil, 0, n.root.layerErrno(l, "open", name, err)
+			return nil, 0, n.parentStale(n.root.layerErrno(l, "open", name, err))
 		}
 	}
 	if err != nil {

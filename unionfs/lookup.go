@@ -380,7 +380,8 @@ func (n *Node) resolve(name string) (*resolution, syscall.Errno) {
 	if !ok {
 		return nil, syscall.ESTALE
 	}
-	return n.root.resolve(v, name)
+	res, errno := n.root.resolve(v, name)
+	return res, n.staleDir(errno)
 }
 
 // resolveBelow looks name up in directory n as if the upper layer held nothing: what would show once the upper
@@ -510,6 +511,37 @@ func (n *Node) forgetStale() {
 	if r.staleGens[id.Ino] == id.Gen {
 		delete(r.staleGens, id.Ino)
 	}
+}
+
+// staleDir handles an errno from an operation on directory n's layer descriptors: ESTALE means one of them no
+// longer reaches its directory (an NFS server replaced it), for good. n is marked stale and the kernel told to
+// forget its name, so that the next lookup of the name (the kernel retries a lookup that failed with ESTALE
+// once, by name) makes a new node with fresh descriptors. It returns errno.
+func (n *Node) staleDir(errno syscall.Errno) syscall.Errno {
+	if errno != syscall.ESTALE || n.IsRoot() {
+		return errno
+	}
+	n.openMu.Lock()
+	stale := n.stale
+	if !stale {
+		n.markStale()
+	}
+	n.openMu.Unlock()
+	if p, name := n.parentNode(); p != nil && !stale {
+		// Not from within the request: the kernel may hold locks the notification needs.
+		go p.NotifyEntry(name)
+	}
+	return errno
+}
+
+// parentStale is staleDir for the parent of the non-directory n, through whose layer descriptor n is reached.
+func (n *Node) parentStale(errno syscall.Errno) syscall.Errno {
+	if errno == syscall.ESTALE {
+		if p, _ := n.parentNode(); p != nil {
+			p.staleDir(errno)
+		}
+	}
+	return errno
 }
 
 // isStale reports whether n gave its name up to a new node (see Open).

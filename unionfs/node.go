@@ -277,7 +277,7 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 		if top.fd < 0 {
 			*st = *top.st
 		} else if err := sysx.Fstat(top.fd, st); err != nil {
-			return false, toErrno(err)
+			return false, n.staleDir(toErrno(err))
 		}
 		return len(dirs) > 1, 0
 	}
@@ -292,7 +292,7 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 		return false, errno
 	}
 	if err := sysx.Fstatat(dirfd, name, st); err != nil {
-		return false, toErrno(err)
+		return false, n.parentStale(toErrno(err))
 	}
 	if !n.isObject(st) {
 		return false, syscall.ESTALE

@@ -114,7 +114,8 @@ func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
 	if !ok {
 		return nil, syscall.ESTALE
 	}
-	return n.root.listView(v, n.StableAttr().Ino, n.parentIno())
+	entries, errno := n.root.listView(v, n.StableAttr().Ino, n.parentIno())
+	return entries, n.staleDir(errno)
 }
 
 // listView builds the merged listing of a directory with the view given (see list).

@@ -327,12 +327,15 @@ func (n *Node) moveUpper(nUp layerDir, nDir whiteout.Dir, name string, mUp layer
 		}
 	}
 	if replaceMarker {
-		tmp := whiteout.TempName()
-		if err := unix.Renameat2(nUp.fd, name, mUp.fd, tmp, unix.RENAME_NOREPLACE); err != nil {
+		// These formats' markers live beside the name, which is free in the upper layer: the object moves there
+		// in one rename, then the marker goes. Were the daemon killed in between, the object shows at its new
+		// name (a marker beside an object hides nothing of it; beside a directory it makes it opaque, as a moved
+		// directory is), never under a temporary name at neither of its names.
+		if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, unix.RENAME_NOREPLACE); err != nil {
 			return fail(err)
 		}
-		if err := f.Publish(mDir, tmp, newName, isDir); err != nil {
-			unix.Renameat2(mUp.fd, tmp, nUp.fd, name, unix.RENAME_NOREPLACE)
+		if err := f.Publish(mDir, newName, newName, isDir); err != nil {
+			unix.Renameat2(mUp.fd, newName, nUp.fd, name, unix.RENAME_NOREPLACE)
 			return fail(err)
 		}
 		return 0

@@ -33,7 +33,9 @@ type Format interface {
 	Hide(d Dir, name, tmp string) (moved bool, err error)
 
 	// Publish moves the new object built under the temporary name tmp in d to name, replacing this format's
-	// whiteout of name if there is one. isDir says whether the object is a directory.
+	// whiteout of name if there is one. isDir says whether the object is a directory. The aufs and unionfs-fuse
+	// formats, whose whiteouts live beside the name, also accept an object already moved to name (tmp == name):
+	// they then only remove the whiteout.
 	Publish(d Dir, tmp, name string, isDir bool) error
 
 	// MarkOpaque makes the upper directory now called cur in src, which will be (or is) called name in dst, hide

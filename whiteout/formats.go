@@ -146,8 +146,10 @@ func (Aufs) Hide(d Dir, name, tmp string) (bool, error) {
 
 // Publish implements Format.
 func (Aufs) Publish(d Dir, tmp, name string, isDir bool) error {
-	if err := renameNoReplace(d, tmp, name); err != nil {
-		return err
+	if tmp != name {
+		if err := renameNoReplace(d, tmp, name); err != nil {
+			return err
+		}
 	}
 	if len(name) > 255-len(AufsPrefix) {
 		return nil
@@ -245,8 +247,10 @@ func (u Unionfs) Hide(d Dir, name, tmp string) (bool, error) {
 
 // Publish implements Format. A directory keeps its marker: it is what makes the directory opaque.
 func (u Unionfs) Publish(d Dir, tmp, name string, isDir bool) error {
-	if err := renameNoReplace(d, tmp, name); err != nil {
-		return err
+	if tmp != name {
+		if err := renameNoReplace(d, tmp, name); err != nil {
+			return err
+		}
 	}
 	if isDir {
 		return nil
