@@ -35,14 +35,22 @@ func InUse(upper string) (string, error) {
 		return p != "" && unix.Stat(p, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino &&
 			st.Mode&unix.S_IFMT == unix.S_IFDIR
 	}
-	if by := mountUsing("/proc/self/mountinfo", same); by != "" {
+	canon, err := filepath.EvalSymlinks(upper)
+	if err == nil {
+		canon, err = filepath.Abs(canon)
+	}
+	if err != nil {
+		canon = ""
+	}
+	if by := mountUsing("/proc/self/mountinfo", canon, same); by != "" {
 		return by, nil
 	}
-	return daemonUsing(same), nil
+	return daemonUsing(canon, &want), nil
 }
 
-// mountUsing returns a description of the mount in the mountinfo file whose upper layer same matches, or "".
-func mountUsing(mountinfo string, same func(string) bool) string {
+// mountUsing returns a description of the mount in the mountinfo file whose upper layer is the one at the
+// canonical path canon, for which same reports true, or "".
+func mountUsing(mountinfo, canon string, same func(string) bool) string {
 	f, err := os.Open(mountinfo)
 	if err != nil {
 		return ""
@@ -68,8 +76,9 @@ func mountUsing(mountinfo string, same func(string) bool) string {
 				}
 			}
 		case fstype == "fuse" || strings.HasPrefix(fstype, "fuse."):
+			// Compared as strings: a stat(2) could hang on a path below a stopped FUSE daemon.
 			for _, p := range branchPaths(source) {
-				if same(p) {
+				if canon != "" && filepath.Clean(p) == canon {
 					return fmt.Sprintf("the %s mount on %s", fstype, mnt)
 				}
 			}
@@ -130,8 +139,12 @@ func branchPaths(s string) []string {
 	return out
 }
 
-// daemonUsing returns a description of a FUSE daemon that uses the directory same matches, or "".
-func daemonUsing(same func(string) bool) string {
+// daemonUsing returns a description of a FUSE daemon that uses the upper layer (canonical path canon, attributes
+// want), or "".
+// Nothing here may touch another filesystem: a stopped FUSE daemon would hang a stat(2) of its files for ever.
+// Descriptors are classified from /proc by their link text and fdinfo (no call reaches their filesystem), and
+// the one candidate whose inode number matches is confirmed with a statx that uses cached attributes only.
+func daemonUsing(canon string, want *unix.Stat_t) string {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
 		return ""
@@ -147,40 +160,61 @@ func daemonUsing(same func(string) bool) string {
 		if err != nil {
 			continue
 		}
-		var fuse bool
-		var paths []string
+		fuse := false
 		for _, fd := range fds {
-			p := filepath.Join(dir, "fd", fd.Name())
-			var st unix.Stat_t
-			if unix.Stat(p, &st) != nil {
-				continue
-			}
-			switch st.Mode & unix.S_IFMT {
-			case unix.S_IFCHR:
-				fuse = fuse || st.Rdev == fuseDev
-			case unix.S_IFDIR:
-				paths = append(paths, p)
+			if t, err := os.Readlink(filepath.Join(dir, "fd", fd.Name())); err == nil && t == "/dev/fuse" {
+				fuse = true
+				break
 			}
 		}
 		if !fuse {
 			continue
 		}
+		comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+		by := fmt.Sprintf("process %d (%s), a FUSE daemon", pid, strings.TrimSpace(string(comm)))
+		for _, fd := range fds {
+			if fdinfoIno(filepath.Join(dir, "fdinfo", fd.Name())) != want.Ino {
+				continue
+			}
+			var stx unix.Statx_t
+			err := unix.Statx(unix.AT_FDCWD, filepath.Join(dir, "fd", fd.Name()),
+				unix.AT_STATX_DONT_SYNC|unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE|unix.STATX_INO, &stx)
+			if err == nil && stx.Ino == want.Ino && unix.Mkdev(stx.Dev_major, stx.Dev_minor) == want.Dev &&
+				stx.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return by
+			}
+		}
+		if canon == "" {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join(dir, "cwd"))
 		if cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
 			for _, arg := range strings.Split(string(cmdline), "\x00") {
 				for _, p := range branchPaths(arg) {
 					if !filepath.IsAbs(p) {
-						p = filepath.Join(dir, "cwd", p)
+						p = filepath.Join(cwd, p)
 					}
-					paths = append(paths, p)
+					if filepath.Clean(p) == canon {
+						return by
+					}
 				}
-			}
-		}
-		for _, p := range paths {
-			if same(p) {
-				comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
-				return fmt.Sprintf("process %d (%s), a FUSE daemon", pid, strings.TrimSpace(string(comm)))
 			}
 		}
 	}
 	return ""
+}
+
+// fdinfoIno returns the inode number a /proc/PID/fdinfo file gives, or 0.
+func fdinfoIno(path string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ino:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }

@@ -18,6 +18,8 @@ type layer struct {
 	fd   int  // O_PATH descriptor of the root
 	aufs bool // its root holds aufs markers: absent names may be whited out by .wh.NAME
 	meta int  // its unionfs-fuse meta directory, or -1
+	// metaName is the name of the meta directory, "" if none.
+	metaName string
 }
 
 // LayerError is the error of a layer directory that is missing, not a directory or unreadable.
@@ -55,7 +57,7 @@ func openLayer(path string) (*layer, error) {
 	// The meta directory the daemon reads: unionfs-fuse 2.0's name first, then 1.0's.
 	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
 		if mfd, err := sysx.OpenDir(fd, name); err == nil {
-			l.meta = mfd
+			l.meta, l.metaName = mfd, name
 			break
 		}
 	}

@@ -432,6 +432,9 @@ func (m *merger) copyIn(c *Change) error {
 	if c.Type == "file" && !isLink {
 		m.stats.Bytes += c.st.Size
 	}
+	if c.st.Nlink > 1 && c.Type != "dir" && !isLink {
+		m.linked[key] = c.Path
+	}
 	if m.opt.DryRun {
 		return nil
 	}
@@ -479,13 +482,7 @@ func (m *merger) copyIn(c *Change) error {
 	if err != nil {
 		return err
 	}
-	if err := m.replace(s, pfd, name); err != nil {
-		return err
-	}
-	if c.st.Nlink > 1 && c.Type != "dir" {
-		m.linked[key] = c.Path
-	}
-	return nil
+	return m.replace(s, pfd, name)
 }
 
 // setMeta gives the object of opt.Into at c.Path the owner, xattrs, mode and times of the upper object, in the

@@ -50,15 +50,33 @@ func Diff(opt Options) (*Report, error) {
 	if rep.Changes == nil {
 		rep.Changes = []*Change{}
 	}
-	if f, ok := whiteout.Detect(w.upper.fd); ok {
-		rep.Format = f.Name()
-		if u, ok := f.(whiteout.Unionfs); ok && u.MetaDir == whiteout.UnionfsLegacyMetaDir {
-			rep.Format = "unionfs-fuse-1.0"
-		}
-	} else if w.overlaySeen {
-		rep.Format = "overlay" // markers below the root only
-	}
+	rep.Format = w.format()
 	return rep, nil
+}
+
+// format names the marker format the upper layer is written in, as whiteout.Detect decides it (a meta directory,
+// aufs markers at the root, overlay markers), but from what the walk saw: Detect lists the root without
+// O_NOATIME. Overlay markers count wherever they are.
+func (w *walker) format() string {
+	switch {
+	case w.upper.metaName != "":
+		if w.upper.metaName == whiteout.UnionfsLegacyMetaDir {
+			return "unionfs-fuse-1.0"
+		}
+		return whiteout.Unionfs{}.Name()
+	case w.upper.aufs:
+		return whiteout.Aufs{}.Name()
+	case w.overlaySeen:
+		return whiteout.Overlay{}.Name()
+	}
+	if names, err := sysx.ListxattrAll(w.upper.fd, ""); err == nil {
+		for _, n := range names {
+			if whiteout.IsPrivateXattr(n) {
+				return whiteout.Overlay{}.Name()
+			}
+		}
+	}
+	return ""
 }
 
 // devIno identifies an upper file, to find its hard links.
@@ -82,6 +100,7 @@ type udir struct {
 	lowerPath string // the path its lower content comes from (another one under a redirect)
 	opq       whiteout.Opacity
 	lower     stack // its lower view (empty when nothing below shows through)
+	hidesAll  bool  // it or a parent is opaque: nothing below shows through, even without lower layers to see
 }
 
 func (u *udir) close() {
@@ -271,7 +290,7 @@ func (w *walker) walkDir(u *udir) error {
 			}
 			continue
 		}
-		if e.metaDir {
+		if e.metaDir && !u.hidesAll {
 			// Whiteouts under a directory the upper layer does not have (unionfs-fuse does not copy the
 			// parents of a deleted name up).
 			if err := w.virtualDir(u, name, path); err != nil {
@@ -312,6 +331,9 @@ func aufsTarget(marker string) (string, bool) {
 // deleted handles a whiteout of name in u.
 func (w *walker) deleted(u *udir, name, path string) error {
 	c := &Change{Path: path, Kind: Deleted}
+	if u.hidesAll {
+		return nil // an opaque directory hides everything below already
+	}
 	if w.lv != nil {
 		lo, err := w.lv.lookup(u.lower, name)
 		if err != nil {
@@ -359,14 +381,20 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 	if op != whiteout.Opaque {
 		from = redirectPath(u, readRedirect(u.fd, name))
 	}
+	if from != "" || op == whiteout.Opaque && !beside && !w.upper.aufs {
+		w.overlaySeen = true
+	}
 	c := &Change{Path: path, Type: "dir", st: *st}
-	child := &udir{fd: -1, meta: -1, path: path, lowerPath: joinPath(u.lowerPath, name), opq: op}
+	child := &udir{fd: -1, meta: -1, path: path, lowerPath: joinPath(u.lowerPath, name), opq: op,
+		hidesAll: u.hidesAll || op == whiteout.Opaque}
 	if from != "" {
 		child.lowerPath = from
 	}
 	defer child.close()
 	if w.lv == nil {
 		switch {
+		case u.hidesAll:
+			c.Kind = Added
 		case op == whiteout.Opaque:
 			c.Kind = Opaque
 		case from != "":
@@ -464,15 +492,19 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 		}
 	}
 	mc := isMetacopy(u.fd, name, st)
+	w.overlaySeen = w.overlaySeen || mc
 	from := ""
 	if mc {
 		// overlayfs gives a renamed metadata-only copy a redirect to its data.
 		from = redirectPath(u, readRedirect(u.fd, name))
 	}
 	if w.lv == nil {
-		if mc {
+		switch {
+		case mc:
 			c.Kind, c.Metacopy, c.From = Metadata, true, from
-		} else {
+		case u.hidesAll:
+			c.Kind = Added
+		default:
 			c.Kind = Changed
 		}
 		w.emit(c)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/changes"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
@@ -151,21 +152,12 @@ func checkLayerDir(role, path string) error {
 	case !st.IsDir():
 		return withCode(exitLayer, fmt.Errorf("%s %s is not a directory", role, path))
 	}
-	f, err := os.Open(path)
-	if err == nil {
-		_, err = f.Readdirnames(1)
-		f.Close()
-		if err == io.EOF {
-			err = nil
-		}
-	}
+	// Opening checks the permission to read; reading would change the directory's access time.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
 		return withCode(exitLayer, fmt.Errorf("%s %s cannot be read: %w", role, path, err))
 	}
+	unix.Close(fd)
 	return nil
 }
 
