@@ -11,9 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fuseDev is the device number of /dev/fuse (misc 229).
-var fuseDev = unix.Mkdev(10, 229)
-
 // InUse reports whether the directory upper is the upper layer of a live union, and describes it:
 //
 //   - a kernel overlayfs mount with upperdir=upper in /proc/self/mountinfo;
