@@ -122,16 +122,16 @@ func TestDiffMergeExitCodes(t *testing.T) {
 	}
 }
 
-// TestMergeBigTree merges an upper layer of a few thousand changes into a copy of a lower layer of ten
-// thousand files, compares the result with the union's view, and checks that progress is drawn on a terminal
-// (and nowhere else: the other tests require an empty stderr).
+// TestMergeBigTree merges an upper layer of hundreds of changes into a copy of a lower layer of 1500 files,
+// compares the result with the union's view, and checks that progress is drawn on a terminal (and nowhere else:
+// the other tests require an empty stderr).
 func TestMergeBigTree(t *testing.T) {
 	testutil.RequireRoot(t)
 	d := t.TempDir()
 	lower, upper := filepath.Join(d, "lower"), filepath.Join(d, "upper")
 	os.Mkdir(lower, 0755)
 	os.Mkdir(upper, 0755)
-	const dirs, files = 20, 150
+	const dirs, files = 15, 100
 	for i := 0; i < dirs; i++ {
 		ld, ud := filepath.Join(lower, fmt.Sprintf("d%02d", i)), filepath.Join(upper, fmt.Sprintf("d%02d", i))
 		os.Mkdir(ld, 0755)
@@ -215,4 +215,29 @@ func openPty(t *testing.T) (master, slave *os.File) {
 	}
 	t.Cleanup(func() { s.Close(); m.Close() })
 	return m, s
+}
+
+// TestDiffMergeHelp checks that the help of diff and merge documents every flag, every exit code and (diff) the
+// JSON fields.
+func TestDiffMergeHelp(t *testing.T) {
+	wants := map[string][]string{
+		"diff":  {"--lower", "--json", `"kind"`, `"lower_type"`, `"from"`, `"metadata"`, `"metacopy"`, `"link"`, "Example"},
+		"merge": {"--into", "--dry-run", "--verbose", "Example"},
+	}
+	for cmd, want := range wants {
+		r := runCLI(t, "", cmd, "--help")
+		if r.code != 0 {
+			t.Fatalf("%s --help: exit %d", cmd, r.code)
+		}
+		for code := exitOK; code <= exitBusy; code++ {
+			if !strings.Contains(r.stdout, fmt.Sprintf("\n  %d  ", code)) {
+				t.Errorf("%s --help does not document exit code %d", cmd, code)
+			}
+		}
+		for _, w := range want {
+			if !strings.Contains(r.stdout, w) {
+				t.Errorf("%s --help does not mention %s", cmd, w)
+			}
+		}
+	}
 }
