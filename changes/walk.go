@@ -32,7 +32,9 @@ type Options struct {
 }
 
 // Diff walks the upper layer (and the lower layers) and returns its changes sorted by path (see the package
-// documentation). A layer directory that cannot be opened or listed is a *LayerError.
+// documentation). A layer directory that cannot be opened or listed is a *LayerError. The upper layer may belong
+// to a live union: objects removed while Diff reads are skipped, but changes made meanwhile may be missed or seen
+// half done.
 func Diff(opt Options) (*Report, error) {
 	w, err := newWalker(opt)
 	if err != nil {
@@ -441,6 +443,9 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 	}
 	w.emit(c)
 	fd, err := sysx.OpenDir(u.fd, name)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) {
+		return nil // removed or replaced while we read (a live upper layer)
+	}
 	if errors.Is(err, syscall.EXDEV) {
 		w.warn(fmt.Errorf("%s: a mount point inside the upper layer %s: its content is skipped", path, w.upper.path))
 		return nil
