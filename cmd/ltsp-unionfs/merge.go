@@ -29,7 +29,9 @@ on a client becomes part of the image.
 
 The changes are the ones ` + "`ltsp-unionfs diff UPPER --lower DIR`" + ` lists; all three marker formats are read.
 --dry-run prints what would be done (as --verbose does while doing it) and changes nothing. Each object is
-replaced at once (by a rename or link), but the merge as a whole is not atomic: merge into a copy.
+replaced at once (by a rename or link), but the merge as a whole is not atomic: merge into a copy. Merging
+the same upper layer again changes nothing more, except for renamed directories, whose old path the first merge
+moved away.
 
 merge refuses (exit status 8) while UPPER is the upper layer of a live union: an overlayfs mount with
 upperdir=UPPER, or a FUSE daemon (ltsp-unionfs, unionfs-fuse) that uses it. Unmount it first.
