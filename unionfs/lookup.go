@@ -3,6 +3,7 @@ package unionfs
 import (
 	"context"
 	"hash/fnv"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,11 +30,14 @@ type probe struct {
 
 // resolution is what a name means in the merged view.
 type resolution struct {
-	found    []probe   // topmost first: one object for a non-directory, one per layer directory for a directory
-	data     *probe    // for a metadata-only copy: the lower file holding the data
-	whiteout *Layer    // the layer whose marker ended the search, if one did
-	metas    []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
-	tmpfds   []int     // descriptors opened to follow absolute redirects; released by close
+	found []probe // topmost first: one object for a non-directory, one per layer directory for a directory
+	data  *probe  // for a metadata-only copy: the lower file holding the data
+	// dataMoved says that data is not at the copy's own name: an overlay redirect on the copy (kernel overlayfs
+	// writes one when it renames a metadata-only copy) names it.
+	dataMoved bool
+	whiteout  *Layer    // the layer whose marker ended the search, if one did
+	metas     []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
+	tmpfds    []int     // descriptors opened to follow absolute redirects; released by close
 }
 
 // close releases the descriptors res opened. The probes' dirfd fields are invalid afterwards.
@@ -144,6 +148,15 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 			}
 			res.found = append(res.found, p)
 			if p.metacopy {
+				// The data is found as a redirect says, or under the copy's own name.
+				switch rd := r.readRedirect(dirfd, target); {
+				case strings.HasPrefix(rd, "/"):
+					if comps := splitPath(rd); len(comps) > 0 {
+						absPath, res.dataMoved = comps, true
+					}
+				case rd != "" && sysx.CheckName(rd) == nil:
+					target, res.dataMoved = rd, true
+				}
 				continue
 			}
 			break
@@ -444,6 +457,15 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 		child = r.newFileNode(top.layer, &top.st)
 		if res.data != nil {
 			child.data, child.dataObj = res.data.layer, devIno{res.data.st.Dev, res.data.st.Ino}
+			if res.dataMoved {
+				fd, err := sysx.OpenDir(res.data.dirfd, "")
+				if err != nil {
+					return nil, r.layerErrno(res.data.layer, "opening directory of", res.data.name, err)
+				}
+				child.dataAt = &dataLoc{layer: res.data.layer, fd: fd, name: res.data.name}
+				child.owned = &fdSet{fds: []int{fd}}
+				runtime.AddCleanup(child, func(s *fdSet) { s.close() }, child.owned)
+			}
 		}
 	}
 	fillAttr(&out.Attr, &st, ino, merged)

@@ -110,6 +110,7 @@ type Node struct {
 	obj      devIno         // non-directories: the object's identity in layer; protected by mu
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
+	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
 	anon     int            // a descriptor of an object with no name (O_TMPFILE), or -1; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
@@ -252,8 +253,19 @@ func (n *Node) location() (dirfd int, name string, errno syscall.Errno) {
 	return n.locationIn(n.holder())
 }
 
+// dataLoc is where the data of a redirected metadata-only copy is: a directory (owned by the node) and a name
+// in a lower layer.
+type dataLoc struct {
+	layer *Layer
+	fd    int
+	name  string
+}
+
 // locationIn is location for the object of n in layer l (for a metadata-only copy: its data in a lower layer).
 func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno) {
+	if at := n.dataAt; at != nil && l == at.layer {
+		return at.fd, at.name, 0
+	}
 	p, name := n.parentNode()
 	if p == nil {
 		return -1, "", syscall.ESTALE

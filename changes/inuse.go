@@ -1,0 +1,217 @@
+package changes
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// InUse reports whether the directory upper is the upper layer of a live union, and describes it:
+//
+//   - a kernel overlayfs mount with upperdir=upper in /proc/self/mountinfo;
+//   - a FUSE mount whose source names upper as its writable branch (rw=, upperdir=, or unionfs-fuse's
+//     upper=RW);
+//   - a FUSE daemon (ltsp-unionfs, unionfs-fuse, fuse-overlayfs...), in any mount namespace: a process that
+//     holds /dev/fuse open and holds upper open or names it in its command line. ltsp-unionfs keeps a
+//     descriptor of its upper layer, so this finds it whatever its mount's source says.
+//
+// Directories are compared by device and inode number, so any path to upper matches. Processes whose /proc
+// entries cannot be read are skipped.
+func InUse(upper string) (string, error) {
+	var want unix.Stat_t
+	if err := unix.Stat(upper, &want); err != nil {
+		return "", &LayerError{upper, err}
+	}
+	same := func(p string) bool {
+		var st unix.Stat_t
+		return p != "" && unix.Stat(p, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino &&
+			st.Mode&unix.S_IFMT == unix.S_IFDIR
+	}
+	canon, err := filepath.EvalSymlinks(upper)
+	if err == nil {
+		canon, err = filepath.Abs(canon)
+	}
+	if err != nil {
+		canon = ""
+	}
+	if by := mountUsing("/proc/self/mountinfo", canon, same); by != "" {
+		return by, nil
+	}
+	return daemonUsing(canon, &want), nil
+}
+
+// mountUsing returns a description of the mount in the mountinfo file whose upper layer is the one at the
+// canonical path canon, for which same reports true, or "".
+func mountUsing(mountinfo, canon string, same func(string) bool) string {
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		f1, f2 := strings.Fields(pre), strings.Fields(post)
+		if len(f1) < 5 || len(f2) < 3 {
+			continue
+		}
+		mnt, fstype, source, super := unescapeMount(f1[4]), f2[0], unescapeMount(f2[1]), f2[2]
+		switch {
+		case fstype == "overlay":
+			for _, opt := range splitOptions(super) {
+				if v, ok := strings.CutPrefix(opt, "upperdir="); ok && same(unescapeMount(v)) {
+					return fmt.Sprintf("the overlayfs mount on %s", mnt)
+				}
+			}
+		case fstype == "fuse" || strings.HasPrefix(fstype, "fuse."):
+			// Compared as strings: a stat(2) could hang on a path below a stopped FUSE daemon.
+			for _, p := range branchPaths(source) {
+				if canon != "" && filepath.Clean(p) == canon {
+					return fmt.Sprintf("the %s mount on %s", fstype, mnt)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// splitOptions splits a mount option list at the commas that overlayfs does not escape with a backslash.
+func splitOptions(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case ',':
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, strings.ReplaceAll(s[start:], `\,`, ","))
+}
+
+// unescapeMount decodes the octal escapes of mountinfo fields (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// branchPaths returns the writable-branch paths a union's source or command-line argument names: rw=P and
+// upperdir=P (ltsp-unionfs, overlayfs options), P=RW (unionfs-fuse).
+func branchPaths(s string) []string {
+	var out []string
+	for _, part := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ':' }) {
+		k, v, ok := strings.Cut(part, "=")
+		switch {
+		case !ok:
+		case k == "rw" || k == "upperdir" || k == "/rw" || k == "/cow":
+			out = append(out, v)
+		case strings.EqualFold(v, "RW"):
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// daemonUsing returns a description of a FUSE daemon that uses the upper layer (canonical path canon, attributes
+// want), or "".
+// Nothing here may touch another filesystem: a stopped FUSE daemon would hang a stat(2) of its files for ever.
+// Descriptors are classified from /proc by their link text and fdinfo (no call reaches their filesystem), and
+// the one candidate whose inode number matches is confirmed with a statx that uses cached attributes only.
+func daemonUsing(canon string, want *unix.Stat_t) string {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return ""
+	}
+	self := os.Getpid()
+	for _, e := range procs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		dir := filepath.Join("/proc", e.Name())
+		fds, err := os.ReadDir(filepath.Join(dir, "fd"))
+		if err != nil {
+			continue
+		}
+		fuse := false
+		for _, fd := range fds {
+			if t, err := os.Readlink(filepath.Join(dir, "fd", fd.Name())); err == nil && t == "/dev/fuse" {
+				fuse = true
+				break
+			}
+		}
+		if !fuse {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+		by := fmt.Sprintf("process %d (%s), a FUSE daemon", pid, strings.TrimSpace(string(comm)))
+		for _, fd := range fds {
+			if fdinfoIno(filepath.Join(dir, "fdinfo", fd.Name())) != want.Ino {
+				continue
+			}
+			var stx unix.Statx_t
+			err := unix.Statx(unix.AT_FDCWD, filepath.Join(dir, "fd", fd.Name()),
+				unix.AT_STATX_DONT_SYNC|unix.AT_NO_AUTOMOUNT, unix.STATX_TYPE|unix.STATX_INO, &stx)
+			if err == nil && stx.Ino == want.Ino && unix.Mkdev(stx.Dev_major, stx.Dev_minor) == want.Dev &&
+				stx.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return by
+			}
+		}
+		if canon == "" {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join(dir, "cwd"))
+		if cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline")); err == nil {
+			for _, arg := range strings.Split(string(cmdline), "\x00") {
+				for _, p := range branchPaths(arg) {
+					if !filepath.IsAbs(p) {
+						p = filepath.Join(cwd, p)
+					}
+					if filepath.Clean(p) == canon {
+						return by
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// fdinfoIno returns the inode number a /proc/PID/fdinfo file gives, or 0.
+func fdinfoIno(path string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ino:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
