@@ -3,7 +3,9 @@
 #   make            build the static binary ./ltsp-unionfs
 #   make demo       build, then mount a union over a sample tree and show what it does
 #   make test       the full gate: gofmt, go vet, staticcheck, go test -race (root and /dev/fuse for all of it)
-#   make install    install the binary, the mount(8) helper link and the dracut module (see README)
+#   make install    install the binary, the mount(8) helper link, man pages, completions and the dracut module
+#   make docs       generate the man pages and shell completions into $(BUILDDIR)
+#   make fuzz       run every go test -fuzz target for $(FUZZTIME) each (CI runs only their seed corpora)
 #   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
 #   make bench-quick  the same in under 3 minutes: one repetition, short fio runs, no dpkg workload
 #   make stress     the long runs of the stress, fsx, differential and load tests (root; STRESS_TIME, default 1h)
@@ -15,6 +17,15 @@ PREFIX      ?= /usr
 SBINDIR     ?= /sbin
 DRACUTDIR   ?= /usr/lib/dracut/modules.d
 DESTDIR     ?=
+# Generated documentation (man pages, completions) is built here before it is installed.
+BUILDDIR    ?= build
+MANDIR      ?= $(PREFIX)/share/man/man8
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+FUZZTIME    ?= 10s
+# e.g. FUZZFLAGS=-parallel=1 on a shared machine
+FUZZFLAGS   ?=
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.7.0
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 
@@ -22,13 +33,31 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 export CGO_ENABLED = 0
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
-.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps \
-	stress
+.PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps
+.PHONY: docs fuzz stress
 
-all: build
+all: build docs
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o ltsp-unionfs ./cmd/ltsp-unionfs
+
+# The man pages and completions come from the command tree itself (ltsp-unionfs gen), so they cannot drift from it.
+docs: build
+	rm -rf $(BUILDDIR)/man $(BUILDDIR)/completion
+	./ltsp-unionfs gen man $(BUILDDIR)/man
+	mkdir -p $(BUILDDIR)/completion
+	./ltsp-unionfs gen completion bash > $(BUILDDIR)/completion/ltsp-unionfs.bash
+	./ltsp-unionfs gen completion zsh > $(BUILDDIR)/completion/_ltsp-unionfs
+	./ltsp-unionfs gen completion fish > $(BUILDDIR)/completion/ltsp-unionfs.fish
+
+# Every Fuzz function of the tree, each for FUZZTIME (go test -fuzz takes one target of one package at a time).
+fuzz:
+	@set -e; for f in $$(git ls-files '*_test.go'); do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$t ($$(dirname $$f), $(FUZZTIME))"; \
+			$(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $(FUZZFLAGS) ./$$(dirname $$f); \
+		done; \
+	done
 
 demo: build
 	./scripts/demo.sh ./ltsp-unionfs
@@ -68,7 +97,7 @@ bench-quick: bench-deps
 	$(GO) run ./benchmarks --quick $(BENCHFLAGS)
 
 # The tests CI runs briefly, run long: concurrent stress workers against kernel overlayfs for most of
-# STRESS_TIME, then fsx, the differential fuzzer and the many-clients load test. The log goes to stress.log; its
+# STRESS_TIME, then fsx, the differential fuzzer, the many-clients load test and every go test -fuzz target. The log goes to stress.log; its
 # summary belongs in README's "What was tried" table.
 STRESS_TIME ?= 1h
 STRESS_LOG  ?= stress.log
@@ -78,19 +107,26 @@ stress:
 	set -o pipefail; { \
 	echo "make stress: STRESS_TIME=$(STRESS_TIME) on $$(uname -r), $$(nproc) CPUs, commit $(VERSION), $$(date -u)"; \
 	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_STRESS_DURATION=$$stress LTSP_UNIONFS_FSX_OPS=100000 \
-	LTSP_UNIONFS_DIFF_SEEDS=100 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 0 -v \
+	LTSP_UNIONFS_DIFF_SEEDS=30 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 0 -v \
 		-run '^(TestStress|TestFsx|TestDifferentialRandom|TestConcurrentCopyUpOfLargeFile)$$' ./unionfs && \
 	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_LOAD_DURATION=$$load CGO_ENABLED=1 $(GO) test -race -count=1 \
-		-timeout 0 -v -run '^TestManyClientsNoLeak$$' ./cmd/ltsp-unionfs; \
-	} 2>&1 | tee $(STRESS_LOG) | grep -E '^(make stress|--- |ok|FAIL|PASS)|(stress|fsx|load|diff)_test.go'
+		-timeout 0 -v -run '^TestManyClientsNoLeak$$' ./cmd/ltsp-unionfs && \
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$$((secs / 80))s; \
+	} 2>&1 | tee $(STRESS_LOG) | grep -E '^(make stress|--- |ok|FAIL|PASS|== Fuzz|fuzz: elapsed)|(stress|fsx|load|diff)_test.go'
 
-install: build
+install: build docs
 	install -D -m 0755 ltsp-unionfs $(DESTDIR)$(PREFIX)/bin/ltsp-unionfs
 	install -d $(DESTDIR)$(SBINDIR)
 	ln -sf $(PREFIX)/bin/ltsp-unionfs $(DESTDIR)$(SBINDIR)/mount.fuse.ltsp-unionfs
+	install -d $(DESTDIR)$(MANDIR)
+	install -m 0644 $(BUILDDIR)/man/*.8 $(DESTDIR)$(MANDIR)/
+	install -D -m 0644 $(BUILDDIR)/completion/ltsp-unionfs.bash $(DESTDIR)$(BASHCOMPDIR)/ltsp-unionfs
+	install -D -m 0644 $(BUILDDIR)/completion/_ltsp-unionfs $(DESTDIR)$(ZSHCOMPDIR)/_ltsp-unionfs
+	install -D -m 0644 $(BUILDDIR)/completion/ltsp-unionfs.fish $(DESTDIR)$(FISHCOMPDIR)/ltsp-unionfs.fish
 	install -d $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs
 	install -m 0755 dracut/90ltsp-unionfs/*.sh $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
 	install -m 0644 dracut/90ltsp-unionfs/*.service $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
 
 clean:
 	rm -f ltsp-unionfs
+	rm -rf $(BUILDDIR)

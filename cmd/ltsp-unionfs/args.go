@@ -27,6 +27,9 @@ func parseArgs(args []string, o *mountOptions) error {
 	}
 	var sources []string
 	for _, a := range args[:len(args)-1] {
+		if a == "" { // an unset shell variable, most likely: it must not silently name the mount
+			return usageErrorf("an argument before the mount point is an empty string")
+		}
 		if isBranchList(a) || o.unionfsFuse && len(o.lowers) == 0 && !isLayerSpec(a) {
 			if err := o.addBranches(a, "branch list"); err != nil {
 				return err
@@ -37,14 +40,14 @@ func parseArgs(args []string, o *mountOptions) error {
 			sources = append(sources, a)
 			continue
 		}
-		for _, item := range splitEscaped(a, ',') {
+		for _, item := range splitOptions(a) {
 			key, value, _ := strings.Cut(item, "=")
 			var err error
 			switch key {
 			case "ro":
 				err = o.addLowers(value, "ro")
 			case "rw":
-				err = o.setUpper(value, "rw")
+				err = o.setUpper(unescape(value), "rw")
 			default:
 				err = usageErrorf("%q in layer argument %q: want ro=DIR[:DIR...] or rw=DIR", item, a)
 			}

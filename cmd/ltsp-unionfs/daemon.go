@@ -125,7 +125,7 @@ func (n *notifier) ready() {
 // fail reports err to the waiting command, which prints it and exits with its code.
 func (n *notifier) fail(err error) {
 	n.once.Do(func() {
-		msg := strings.ReplaceAll(err.Error(), "\n", " ")
+		msg := oneLine(err.Error())
 		fmt.Fprintf(n.f, "ERR %d %s\n", exitCode(err), msg)
 		n.f.Close()
 	})

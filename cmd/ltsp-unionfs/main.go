@@ -19,7 +19,7 @@ func run() int {
 	if isHelper(os.Args[0]) {
 		args, err := helperArgs(os.Args[1:])
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "%s: %v\n", helperName, err)
+			fmt.Fprintf(os.Stderr, "%s: %s\n", helperName, oneLine(err.Error()))
 			return exitCode(err)
 		}
 		cmd.SetArgs(args)
@@ -31,7 +31,7 @@ func run() int {
 	if notify != nil {
 		notify.fail(err)
 	} else {
-		fmt.Fprintf(os.Stderr, "ltsp-unionfs: %v\n", err)
+		fmt.Fprintf(os.Stderr, "ltsp-unionfs: %s\n", oneLine(err.Error()))
 	}
 	return exitCode(err)
 }

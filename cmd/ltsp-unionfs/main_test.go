@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,6 +29,10 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		return m.Run() // a fuzzing worker runs one fuzz target, which needs neither the binary nor the fixture
+	}
 	tmp, err := testutil.PackageTempDir("cli")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

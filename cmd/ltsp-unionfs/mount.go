@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -140,7 +141,7 @@ func fuseMountOptions(o *mountOptions, logger interface{ Printf(string, ...any) 
 	root := os.Geteuid() == 0
 	mo := fuse.MountOptions{
 		Name:              "ltsp-unionfs",
-		FsName:            o.fsname,
+		FsName:            oneLine(o.fsname), // /proc/mounts and df(1) must not carry terminal controls
 		AllowOther:        o.allowOther || root,
 		MaxWrite:          maxWrite,
 		DirectMountStrict: root,
@@ -149,6 +150,11 @@ func fuseMountOptions(o *mountOptions, logger interface{ Printf(string, ...any) 
 	}
 	if mo.FsName == "" {
 		mo.FsName = "ltsp-unionfs"
+	}
+	if len(mo.FsName) >= unix.PathMax {
+		// The kernel refuses a mount source of PATH_MAX bytes or more (EINVAL), and the name is only shown: a
+		// long layer argument, which names the mount by default, must not make the mount fail.
+		mo.FsName = strings.ToValidUTF8(mo.FsName[:unix.PathMax-1], "")
 	}
 	mo.Options = append(mo.Options, "default_permissions")
 	if o.suid.or(root) {

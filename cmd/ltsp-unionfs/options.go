@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ type mountOptions struct {
 	anonSize   string // size= of the anonymous tmpfs upper layer (no rw=)
 
 	unionfsFuse bool   // the unionfs-fuse command line is in use (branch lists, -o cow, ...)
+	branchList  bool   // the layers come from a branch list, which ro=, rw=, lowerdir= and upperdir= must not extend
 	chroot      string // unionfs-fuse's chroot=: prefix of its branch paths
 
 	allowOther   bool
@@ -130,7 +132,7 @@ func overlayOpt(name, note string) optSpec {
 func timeoutOpt(name, what string, dst func(o *mountOptions) *time.Duration) optSpec {
 	return valueOpt(name, "SECONDS", "how long the kernel may cache "+what+" (default 3600)", func(o *mountOptions, v string) error {
 		secs, err := strconv.ParseFloat(v, 64)
-		if err != nil || secs < 0 || secs > 1e9 {
+		if err != nil || !(secs >= 0 && secs <= 1e9) { // not secs < 0 || secs > 1e9: NaN passes that
 			return usageErrorf("mount option %s=%s: want a number of seconds", name, v)
 		}
 		*dst(o) = time.Duration(secs * float64(time.Second))
@@ -181,7 +183,7 @@ var mountOptionSpecs = []optSpec{
 	}),
 	valueOpt("size", "SIZE", "without rw=: the size of the anonymous tmpfs upper layer, as tmpfs's size= "+
 		"(bytes with K, M, G suffixes, or a percentage of RAM; default half of RAM)", func(o *mountOptions, v string) error {
-		if v == "" || strings.ContainsAny(v, ",= \t") {
+		if !tmpfsSize.MatchString(v) {
 			return usageErrorf("mount option size=%s: want a size such as 512M or 25%%", v)
 		}
 		o.anonSize = v
@@ -232,6 +234,10 @@ var mountOptionSpecs = []optSpec{
 	ignoredOpt("async"),
 	ignoredOpt("nonempty"),
 }
+
+// tmpfsSize is the syntax of tmpfs's size= (the kernel's memparse, or a percentage of RAM): checked here so that a
+// malformed size is a usage error, not a failure to make the upper layer.
+var tmpfsSize = regexp.MustCompile(`^([0-9]+|0[xX][0-9a-fA-F]+)[kKmMgGtTpPeE]?$|^[0-9]+%$`)
 
 // parseSize parses a byte count with an optional binary suffix K, M or G.
 func parseSize(v string) (int64, error) {
@@ -295,9 +301,10 @@ func normalizeOptionName(f *pflag.FlagSet, name string) pflag.NormalizedName {
 }
 
 // applyOptionList applies one -o argument: comma-separated options, each NAME or NAME=VALUE. A comma or
-// backslash inside a value is written with a backslash before it.
+// backslash inside a value is written with a backslash before it; so is a colon inside a path of lowerdir= and
+// dirs=, as overlayfs reads them (lowerdir=/a\:b:/c).
 func applyOptionList(fs *pflag.FlagSet, list string, o *mountOptions) error {
-	for _, item := range splitEscaped(list, ',') {
+	for _, item := range splitOptions(list) {
 		if item == "" {
 			continue
 		}
@@ -316,6 +323,8 @@ func applyOptionList(fs *pflag.FlagSet, list string, o *mountOptions) error {
 		}
 		if !hasValue {
 			value = noValue
+		} else if !listOptions[name] {
+			value = unescape(value)
 		}
 		if err := f.Value.Set(value); err != nil {
 			return err
@@ -333,6 +342,43 @@ func isMountOption(name string) bool {
 		}
 	}
 	return false
+}
+
+// listOptions are the options whose values are colon-separated lists: they split their value with splitEscaped,
+// which removes the escapes, so they receive it with its escapes.
+var listOptions = map[string]bool{"lowerdir": true, "dirs": true}
+
+// splitOptions splits an option list at the commas no backslash escapes, keeping every escape, as overlayfs does:
+// a value loses its escapes when it is split further (lowerdir=) or used (unescape), so that "\:" still escapes the
+// colon of a lowerdir= path after the list is split.
+func splitOptions(s string) []string {
+	var parts []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case ',':
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(parts, s[start:])
+}
+
+// unescape removes the backslash escapes from s, as splitEscaped does from each part.
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // splitEscaped splits s at sep, treating a backslash as escaping the next character.
@@ -357,6 +403,9 @@ func splitEscaped(s string, sep byte) []string {
 
 // addLowers appends the colon-separated lower layer list v, given by what (ro= or lowerdir=).
 func (o *mountOptions) addLowers(v, what string) error {
+	if o.branchList {
+		return usageErrorf("%s=%s: the layers are already given as a branch list; give them once", what, v)
+	}
 	for _, p := range splitEscaped(v, ':') {
 		if p == "" {
 			return usageErrorf("%s=%s: empty layer path", what, v)
@@ -370,6 +419,9 @@ func (o *mountOptions) addLowers(v, what string) error {
 func (o *mountOptions) setUpper(v, what string) error {
 	if v == "" {
 		return usageErrorf("%s=: empty layer path", what)
+	}
+	if o.branchList {
+		return usageErrorf("%s=%s: the layers are already given as a branch list; give them once", what, v)
 	}
 	if o.upper != "" && o.upper != v {
 		return usageErrorf("the upper layer is given twice (%s and %s): there is one writable layer", o.upper, v)

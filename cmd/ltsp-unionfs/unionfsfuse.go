@@ -80,7 +80,7 @@ func (o *mountOptions) addBranches(list, what string) error {
 		o.readOnly = true
 		o.notes = append(o.notes, "no writable branch: mounting read-only")
 	}
-	o.unionfsFuse = true
+	o.unionfsFuse, o.branchList = true, true
 	return nil
 }
 
