@@ -80,6 +80,6 @@ func newRootCommand(notify *notifier) *cobra.Command {
 	flags.MarkHidden("sloppy")
 	flags.MarkHidden("cpuprofile")
 	flags.MarkHidden("memprofile")
-	cmd.AddCommand(newStatsCommand(), newVersionCommand())
+	cmd.AddCommand(newStatsCommand(), newVersionCommand(), newCheckCommand(), newConvertCommand())
 	return cmd
 }
