@@ -379,18 +379,22 @@ func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *St
 }
 
 // MetacopyData finds the lower file holding the data of the metadata-only copy name in the upper directory
-// dirfd, whose lower stack is stack: the file its absolute redirect xattr names (overlayfs records one when a
-// metadata-only copy is renamed), else the one of the same name below. The entry's Dirfd stays valid until
+// dirfd, whose lower stack is stack: the file its redirect xattr names (overlayfs records one when a
+// metadata-only copy is renamed: an absolute path, or a name in the same directory), else the one of the same
+// name below. The entry's Dirfd stays valid until
 // release is called.
 func MetacopyData(lowers *Lowers, dirfd int, name string, stack *Stack) (e Entry, release func(), ok bool) {
 	release = func() {}
-	if r := Redirect(dirfd, name); strings.HasPrefix(r, "/") && lowers != nil {
+	switch r := Redirect(dirfd, name); {
+	case strings.HasPrefix(r, "/") && lowers != nil:
 		s, valid := lowers.At(path.Dir(r))
 		if valid {
 			e, ok = s.Lookup(path.Base(r))
 		}
 		release = s.Close
-	} else {
+	case r != "" && ValidRelativeRedirect(r):
+		e, ok = stack.Lookup(r)
+	default:
 		e, ok = stack.Lookup(name)
 	}
 	return e, release, ok && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG
