@@ -207,8 +207,12 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 		}
 	}
 	beside := map[string]bool{} // names with an aufs or unionfs-fuse marker: opaque if they are directories
+	hidden := map[string]bool{} // names whited out
 	for _, m := range markers {
 		st, exists := objs[m.name]
+		if !exists {
+			hidden[m.name] = true
+		}
 		switch {
 		case exists && st.Mode&unix.S_IFMT == unix.S_IFDIR:
 			beside[m.name] = true
@@ -235,7 +239,8 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 		c.nonDir(dirfd, dir, name, &st, stack)
 	}
 	for _, name := range metaNames {
-		if !metaSubdirs[name] {
+		if !metaSubdirs[name] || hidden[name] {
+			// Markers below a whited-out name (unionfs-fuse's rm -r leaves them) are moot, and harmless.
 			continue
 		}
 		child := stack.Child(name)

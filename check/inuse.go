@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // BusyError says that a mount uses the upper layer, so that changing it underneath would corrupt the mount's
@@ -32,18 +30,20 @@ func RefuseInUse(upper string) error {
 
 // InUse reports whether a mount of this mount namespace uses the directory upper as its upper layer, and
 // describes it: a kernel overlayfs mount whose upperdir is upper (from /proc/self/mountinfo), or a FUSE daemon
-// (ltsp-unionfs, unionfs-fuse: any process holding /dev/fuse) that holds a descriptor of upper or names it as a
-// branch on its command line (rw=UPPER, upperdir=UPPER, UPPER=RW, dirs=UPPER...). The ltsp-unionfs daemon always
-// holds a descriptor of its upper layer; its mount's source does not name the layers.
+// (ltsp-unionfs, unionfs-fuse: any process holding /dev/fuse) that holds a descriptor of upper, has it as its
+// working directory or names it as a branch on its command line (rw=UPPER, upperdir=UPPER, UPPER=RW, dirs=...).
+// The ltsp-unionfs daemon always holds a descriptor of its upper layer; its mount's source does not name the
+// layers. Paths are compared as strings (upper made absolute, with and without its symlinks resolved): stat(2)
+// of another process's descriptors could hang on an unresponsive FUSE mount.
 func InUse(upper string) (string, bool) {
-	var want unix.Stat_t
-	if err := unix.Stat(upper, &want); err != nil {
-		return "", false
+	names := map[string]bool{}
+	if abs, err := filepath.Abs(upper); err == nil {
+		names[abs] = true
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			names[real] = true
+		}
 	}
-	same := func(p string) bool {
-		var st unix.Stat_t
-		return unix.Stat(p, &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino
-	}
+	same := func(p string) bool { return names[filepath.Clean(p)] }
 	if m, ok := overlayUsing(same); ok {
 		return m, true
 	}
@@ -136,9 +136,13 @@ func fuseDaemonUsing(same func(string) bool) (string, bool) {
 		fuse, uses := false, false
 		for _, fd := range fds {
 			fp := filepath.Join(dir, "fd", fd.Name())
-			if t, err := os.Readlink(fp); err == nil && t == "/dev/fuse" {
+			t, err := os.Readlink(fp)
+			if err != nil {
+				continue
+			}
+			if t == "/dev/fuse" {
 				fuse = true
-			} else if !uses && same(fp) {
+			} else if same(t) {
 				uses = true
 			}
 		}
@@ -148,7 +152,8 @@ func fuseDaemonUsing(same func(string) bool) (string, bool) {
 		cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
 		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 		if !uses {
-			uses = same(filepath.Join(dir, "cwd")) || argsName(args, same)
+			cwd, _ := os.Readlink(filepath.Join(dir, "cwd"))
+			uses = cwd != "" && same(cwd) || argsName(args, same)
 		}
 		if uses {
 			return fmt.Sprintf("the FUSE mount served by process %d (%s)", pid, strings.Join(args, " ")), true

@@ -363,6 +363,13 @@ func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, m
 		if st, ok := u.objs[name]; ok && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			continue
 		}
+		if len(u.whiteouts[name]) > 0 {
+			// Below a whited-out name (unionfs-fuse's rm -r leaves these): the markers are moot.
+			if err := c.removeForeignMeta(metas, name); err != nil {
+				return fail(err)
+			}
+			continue
+		}
 		if err := c.metaOnly(d, name, stack, metas); err != nil {
 			return err
 		}
@@ -421,10 +428,14 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	if err := c.dir(fd, p, sub, subMetas(metas, name), materialise || own); err != nil {
 		return err
 	}
-	if own {
-		c.res.Materialised++
+	if err := c.setOpacity(d, name, opaque || materialise || own, own, beside); err != nil {
+		return err
 	}
-	return c.setOpacity(d, name, opaque || materialise || own, own, beside)
+	if own && !materialise {
+		c.res.Materialised++
+		return c.dropWhiteouts(d.Fd, p, name)
+	}
+	return nil
 }
 
 // setOpacity gives the upper directory name in d the target's opaque marker if want, then removes the markers
@@ -479,6 +490,18 @@ func (c *converter) nativeOpaque(d whiteout.Dir, name string, sub int, beside []
 		return sysx.Fstatat(sub, whiteout.AufsOpaque, &st) == nil
 	}
 	return hasNative(beside)
+}
+
+// removeForeignMeta removes the subtrees called name of the meta trees of formats other than the target.
+func (c *converter) removeForeignMeta(metas []metaDir, name string) error {
+	for _, m := range metas {
+		if m.name != c.meta {
+			if err := whiteout.RemoveTree(m.fd, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // metaOnly converts the markers below the directory name of d that only the meta trees have: the upper layer

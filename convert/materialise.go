@@ -251,3 +251,54 @@ func treeHasFile(fd int) bool {
 	}
 	return false
 }
+
+// dropWhiteouts removes the whiteouts (of every format) in the upper directory name of parent (at p) and below
+// it, keeping the markers beside upper directories (their opacity). It runs on a materialised directory once it
+// is opaque: every directory below it is opaque too and holds all its content, so its whiteouts hide nothing.
+func (c *converter) dropWhiteouts(parent int, p, name string) error {
+	fd, err := sysx.OpenDir(parent, name)
+	if err != nil {
+		return fmt.Errorf("/%s: %w", p, err)
+	}
+	defer unix.Close(fd)
+	defer check.KeepTimes(fd)()
+	metas := metasAt(c.root, p)
+	defer closeMetas(metas)
+	u, err := c.readQuiet(fd, metas)
+	if err != nil {
+		return fmt.Errorf("/%s: %w", p, err)
+	}
+	for hidden, srcs := range u.whiteouts {
+		if _, ok := u.objs[hidden]; ok {
+			continue
+		}
+		for _, s := range srcs {
+			if err := s.remove(); err != nil {
+				return fmt.Errorf("/%s: %w", joinPath(p, hidden), err)
+			}
+			c.res.Removed++
+		}
+	}
+	for _, n := range u.names {
+		if st := u.objs[n]; st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if err := c.dropWhiteouts(fd, joinPath(p, n), n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// metasAt opens the meta directories of every unionfs-fuse meta tree at the relative path p.
+func metasAt(root int, p string) []metaDir {
+	metas := openMetas(root)
+	if p == "" {
+		return metas
+	}
+	for _, comp := range strings.Split(p, "/") {
+		next := subMetas(metas, comp)
+		closeMetas(metas)
+		metas = next
+	}
+	return metas
+}
