@@ -99,10 +99,11 @@ type marker struct {
 	name   string // the name it hides
 	where  string // the marker's own path, for the report
 	remove func() error
-	chr    bool // an overlay whiteout: the marker is the name itself
+	chr    bool   // an overlay whiteout: the marker is the name itself
+	format string // the format it belongs to
 }
 
-func (c *checker) problem(p Problem, repair func() error, action string) {
+func (c *checker) problem(p Problem, repair func() error, action string) (repaired bool) {
 	if repair != nil && c.opt.Repair {
 		if err := repair(); err != nil {
 			p.Action = fmt.Sprintf("repair failed: %v", err)
@@ -113,6 +114,7 @@ func (c *checker) problem(p Problem, repair func() error, action string) {
 		p.Action = "cannot be repaired safely"
 	}
 	c.rep.Problems = append(c.rep.Problems, p)
+	return p.Repaired
 }
 
 func join(dir, name string) string { return dir + "/" + name }
@@ -155,20 +157,19 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 				Detail: "leftover temporary object of an interrupted copy-up or marker change"},
 				func() error { return whiteout.RemoveTree(dirfd, name) }, "removed")
 		case whiteout.IsMarkerName(name):
-			c.formats["aufs"] = true
 			if strings.HasPrefix(name, whiteout.AufsPrefix+whiteout.AufsPrefix) {
+				c.formats["aufs"] = true
 				continue // the opaque marker and aufs's own ".wh..wh.*" entries
 			}
 			markers = append(markers, marker{name: name[len(whiteout.AufsPrefix):], where: join(dir, name),
-				remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
+				format: "aufs", remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
 		default:
 			var st unix.Stat_t
 			if err := sysx.Fstatat(dirfd, name, &st); err != nil {
 				return &LayerError{Path: join(c.rep.Upper, join(dir, name)), Err: err}
 			}
 			if whiteout.IsOverlayWhiteout(&st) {
-				c.formats["overlay"] = true
-				markers = append(markers, marker{name: name, where: join(dir, name), chr: true,
+				markers = append(markers, marker{name: name, where: join(dir, name), chr: true, format: "overlay",
 					remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
 				continue
 			}
@@ -191,15 +192,16 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 				continue
 			}
 			switch {
+			case strings.HasSuffix(name, whiteout.UnionfsHiddenSuffix) && len(name) > len(whiteout.UnionfsHiddenSuffix):
+				// unionfs-fuse 1.0 hides a directory with a directory marker.
+				markers = append(markers, marker{name: strings.TrimSuffix(name, whiteout.UnionfsHiddenSuffix),
+					where: "/" + m.name + join(dir, name), format: metaFormat(m.name),
+					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
 			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 				if !metaSubdirs[name] {
 					metaSubdirs[name] = true
 					metaNames = append(metaNames, name)
 				}
-			case strings.HasSuffix(name, whiteout.UnionfsHiddenSuffix) && len(name) > len(whiteout.UnionfsHiddenSuffix):
-				markers = append(markers, marker{name: strings.TrimSuffix(name, whiteout.UnionfsHiddenSuffix),
-					where:  "/" + m.name + join(dir, name),
-					remove: func() error { return unix.Unlinkat(mfd, name, 0) }})
 			default:
 				c.problem(Problem{Kind: KindUnknownMeta, Path: "/" + m.name + join(dir, name),
 					Detail: "an entry of the unionfs-fuse meta tree that is no whiteout marker"}, nil, "")
@@ -213,18 +215,22 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 		if !exists {
 			hidden[m.name] = true
 		}
+		removed := false
 		switch {
 		case exists && st.Mode&unix.S_IFMT == unix.S_IFDIR:
 			beside[m.name] = true
 		case exists:
-			c.problem(Problem{Kind: KindRedundantWhiteout, Path: m.where,
+			removed = c.problem(Problem{Kind: KindRedundantWhiteout, Path: m.where,
 				Detail: "whiteout of " + join(dir, m.name) + ", which the upper layer has as a file anyway"},
 				m.remove, "removed")
 		case stack != nil:
 			if _, ok := stack.Lookup(m.name); !ok {
-				c.problem(Problem{Kind: KindUselessWhiteout, Path: m.where,
-					Detail: "whiteout of " + join(dir, m.name) + ", which no lower layer shows"}, m.remove, "removed")
+				removed = c.problem(Problem{Kind: KindUselessWhiteout, Path: m.where,
+					Detail: "whiteout of " + join(dir, m.name) + ", which no lower layer has"}, m.remove, "removed")
 			}
+		}
+		if !removed {
+			c.formats[m.format] = true // a repaired marker no longer mixes formats
 		}
 	}
 	for _, name := range names {
@@ -306,9 +312,9 @@ func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir
 		if redirect != "" && !opaque && !validRedirect(redirect) {
 			c.badRedirectForm(p, redirect)
 		}
-	case opaque:
-		child = &Stack{}
-	case redirect == "":
+	case opaque || redirect == "":
+		// The lower directories at the directory's path, whether it hides them or not: a whiteout of a name
+		// they have is not useless in an opaque directory (the union may have made it opaque later).
 		child = stack.Child(name)
 	case !validRedirect(redirect):
 		c.badRedirectForm(p, redirect)

@@ -87,7 +87,8 @@ func TestCheckRepairsFixable(t *testing.T) {
 	write(t, upper+"/d/"+temp, "half a copy")
 	must(t, os.MkdirAll(upper+"/"+temp+"x/inside", 0755))
 	mkWhiteout(t, upper+"/nothing")         // no lower has it
-	mkWhiteout(t, upper+"/e/z")             // e is opaque: hides nothing
+	mkWhiteout(t, upper+"/e/z")             // e is opaque, but the lower has e/z: not useless
+	mkWhiteout(t, upper+"/e/none")          // no lower has e/none
 	mkWhiteout(t, upper+"/moved/sub/other") // no d/sub/other
 	must(t, os.Mkdir(upper+"/lost", 0755))
 	setx(t, upper+"/lost", whiteout.OverlayRedirectXattr, "/gone/away")
@@ -99,7 +100,7 @@ func TestCheckRepairsFixable(t *testing.T) {
 	must(t, err)
 	fixable := []string{
 		KindTempObject + " /d/" + temp, KindTempObject + " /" + temp + "x",
-		KindUselessWhiteout + " /nothing", KindUselessWhiteout + " /e/z", KindUselessWhiteout + " /moved/sub/other",
+		KindUselessWhiteout + " /nothing", KindUselessWhiteout + " /e/none", KindUselessWhiteout + " /moved/sub/other",
 		KindBadRedirect + " /lost", KindOpaqueNonDir + " /file",
 	}
 	wantProblems(t, rep, fixable...)
@@ -128,7 +129,7 @@ func TestCheckRepairsFixable(t *testing.T) {
 	rep, err = Check(upper, opt)
 	must(t, err)
 	wantProblems(t, rep)
-	for _, p := range []string{"/a", "/moved/sub/y", "/b"} {
+	for _, p := range []string{"/a", "/moved/sub/y", "/b", "/e/z"} {
 		if _, err := os.Lstat(upper + p); err != nil {
 			t.Errorf("the repair removed the correct marker %s", p)
 		}

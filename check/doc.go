@@ -12,7 +12,7 @@
 //   - temporary objects of the union (whiteout.IsTempName) left by a crash: removed by a repair;
 //   - markers of more than one format in one upper (overlay whiteouts or overlay opaque, redirect or metacopy
 //     xattrs; aufs ".wh." entries; each unionfs-fuse meta tree): reported, convert fixes it;
-//   - whiteouts (of any format) of a name no lower layer shows, only with lowers: removed;
+//   - whiteouts (of any format) of a name no lower layer has at that path, only with lowers: removed;
 //   - aufs or unionfs-fuse whiteouts beside an upper non-directory of the same name: removed;
 //   - metadata-only copies (trusted.overlay.metacopy) whose lower data is gone, only with lowers: reported, the
 //     data is lost;

@@ -84,7 +84,7 @@ func Convert(upper string, opt Options) (*Result, error) {
 		closeMetas(metas)
 		return nil, err
 	}
-	if err := c.dir(rootfd, "", stack, metas, false); err != nil {
+	if err := c.dir(rootfd, "", stack, metas, false, false); err != nil {
 		return c.res, err
 	}
 	return c.res, c.finish()
@@ -248,19 +248,16 @@ func (c *converter) read(fd int, metas []metaDir) (*upperDir, error) {
 			if sysx.Fstatat(mfd, name, &st) != nil {
 				continue
 			}
-			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				if !seen[name] {
-					seen[name] = true
-					u.metaDirs = append(u.metaDirs, name)
-				}
+			if hidden, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && hidden != "" {
+				// A file, or for a directory (unionfs-fuse 1.0) a directory.
+				u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: m.name == c.meta,
+					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
 				continue
 			}
-			hidden, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix)
-			if !ok || hidden == "" {
-				continue
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR && !seen[name] {
+				seen[name] = true
+				u.metaDirs = append(u.metaDirs, name)
 			}
-			u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: m.name == c.meta,
-				remove: func() error { return unix.Unlinkat(mfd, name, 0) }})
 		}
 	}
 	sort.Strings(u.names)
@@ -301,8 +298,9 @@ func joinPath(dir, name string) string {
 // dir converts the upper directory fd (-1 if only meta trees have it) at path p (relative, "" for the root),
 // whose lower directories are stack (nil without lowers) and meta directories metas. With materialise, the
 // directory takes its lower content from a redirect that the target format cannot express: that content is
-// copied up first. It closes fd (unless it is the root) and metas.
-func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, materialise bool) error {
+// copied up first. In an opaque directory whiteouts hide nothing and are dropped (kernel overlayfs lists those of
+// a lower layer's opaque directory). It closes fd (unless it is the root) and metas.
+func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, materialise, opaque bool) error {
 	defer func() {
 		closeMetas(metas)
 		if fd >= 0 && fd != c.root {
@@ -333,6 +331,15 @@ func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, m
 		srcs := u.whiteouts[name]
 		if _, ok := u.objs[name]; ok {
 			continue // beside an upper object: an opaque marker (directories) or redundant; see below
+		}
+		if opaque {
+			for _, s := range srcs {
+				if err := s.remove(); err != nil {
+					return fail(err)
+				}
+				c.res.Removed++
+			}
+			continue
 		}
 		if !hasNative(srcs) {
 			if fd < 0 && c.meta == "" {
@@ -425,7 +432,7 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
 	}
-	if err := c.dir(fd, p, sub, subMetas(metas, name), materialise || own); err != nil {
+	if err := c.dir(fd, p, sub, subMetas(metas, name), materialise || own, opaque); err != nil {
 		return err
 	}
 	if err := c.setOpacity(d, name, opaque || materialise || own, own, beside); err != nil {
@@ -515,7 +522,7 @@ func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, me
 		defer sub.Close()
 	}
 	if c.meta != "" {
-		return c.dir(-1, p, sub, subMetas(metas, name), false)
+		return c.dir(-1, p, sub, subMetas(metas, name), false, false)
 	}
 	if !hasMarkers(metas, name) {
 		return nil // empty meta directories: finish removes them
@@ -539,5 +546,5 @@ func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, me
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
 	}
-	return c.dir(fd, p, sub, subMetas(metas, name), false)
+	return c.dir(fd, p, sub, subMetas(metas, name), false, false)
 }

@@ -233,10 +233,10 @@ func treeHasFile(fd int) bool {
 		if sysx.Fstatat(fd, e.Name, &st) != nil {
 			continue
 		}
+		if strings.HasSuffix(e.Name, whiteout.UnionfsHiddenSuffix) {
+			return true
+		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			if strings.HasSuffix(e.Name, whiteout.UnionfsHiddenSuffix) {
-				return true
-			}
 			continue
 		}
 		sub, err := sysx.OpenDir(fd, e.Name)
