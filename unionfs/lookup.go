@@ -142,10 +142,22 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 			if l.IsUpper() {
 				r.readCopyUpMarks(&p)
 			}
-			res.found = append(res.found, p)
 			if p.metacopy {
+				// Kernel overlayfs records where a renamed metadata-only copy's data is, as for directories.
+				switch p.redirect = r.readRedirect(dirfd, target); {
+				case strings.HasPrefix(p.redirect, "/"):
+					if absPath = splitPath(p.redirect); len(absPath) == 0 {
+						absPath, p.redirect = nil, ""
+					}
+				case p.redirect != "" && sysx.CheckName(p.redirect) == nil:
+					target = p.redirect
+				default:
+					p.redirect = ""
+				}
+				res.found = append(res.found, p)
 				continue
 			}
+			res.found = append(res.found, p)
 			break
 		}
 		if li < len(layers)-1 {
@@ -443,6 +455,18 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 		child = r.newFileNode(top.layer, &top.st)
 		if res.data != nil {
 			child.data, child.dataObj = res.data.layer, devIno{res.data.st.Dev, res.data.st.Ino}
+			if top.redirect != "" {
+				child.dataName = res.data.name
+				if strings.HasPrefix(top.redirect, "/") {
+					// The directory was opened for this lookup only: the node keeps a descriptor of its own.
+					fd, err := unix.FcntlInt(uintptr(res.data.dirfd), unix.F_DUPFD_CLOEXEC, 0)
+					if err != nil {
+						return nil, toErrno(err)
+					}
+					child.dataDir, child.owned = fd, &fdSet{}
+					child.owned.add(fd)
+				}
+			}
 		}
 	}
 	fillAttr(&out.Attr, &st, ino, merged)

@@ -110,6 +110,8 @@ type Node struct {
 	obj      devIno         // non-directories: the object's identity in layer; protected by mu
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
+	dataName string         // metadata-only copies renamed by kernel overlayfs: the data's name; immutable
+	dataDir  int            // with dataName from an absolute redirect: the data's directory, else -1; immutable
 	anon     int            // a descriptor of an object with no name (O_TMPFILE), or -1; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
@@ -160,7 +162,7 @@ func (r *Root) newDirNode(dirs []layerDir, metas []metaDir, redirect string) *No
 
 // newFileNode makes a node for the non-directory st living in layer l.
 func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
-	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}
+	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1, dataDir: -1}
 }
 
 // OnForget is called when the kernel has forgotten the node: its descriptors are closed.
@@ -257,6 +259,13 @@ func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno
 	p, name := n.parentNode()
 	if p == nil {
 		return -1, "", syscall.ESTALE
+	}
+	if n.dataName != "" && !l.IsUpper() {
+		// The data of a metadata-only copy that kernel overlayfs renamed: where its redirect led.
+		if n.dataDir >= 0 {
+			return n.dataDir, n.dataName, 0
+		}
+		name = n.dataName
 	}
 	d, ok := dirIn(p.stack(), l)
 	if !ok {

@@ -31,6 +31,8 @@ mv many many2
 rm many2/f2*
 chmod 600 xattrs
 mv xattrs xattrs.moved
+chmod 600 etc/conf.d/06.conf
+mv etc/conf.d/06.conf etc/06.moved
 mv deep/0 deep-moved
 `
 
@@ -247,14 +249,20 @@ func TestConvertKernelOverlayUpper(t *testing.T) {
 	lower := newLower(t)
 	upper := produceKernel(t, lower)
 	wantClean(t, lower, upper)
-	for _, p := range []string{"usr/lib.moved", "xattrs.moved", "bin/plain"} {
+	for _, p := range []string{"usr/lib.moved", "xattrs.moved", "etc/06.moved", "bin/plain"} {
 		if out, _ := exec.Command("getfattr", "-d", "-m", "trusted.overlay.(redirect|metacopy)", filepath.Join(upper, p)).Output(); len(out) == 0 {
 			t.Errorf("kernel overlayfs left no redirect or metacopy mark on %s: the test checks less than it should", p)
 		}
 	}
-	// The reference is kernel overlayfs's own view: ltsp-unionfs does not follow the redirect of a renamed
-	// metadata-only copy (xattrs.moved).
-	convertChain(t, lower, upper, refView(t, lower, upper, true), "unionfs-fuse-1.0", "overlay")
+	// The reference is kernel overlayfs's own view, which ltsp-unionfs shows as well: the data of the renamed
+	// metadata-only copies (xattrs.moved, etc/06.moved) is found through their redirects.
+	ref := refView(t, lower, upper, true)
+	ltsp := filepath.Join(t.TempDir(), "ltsp")
+	os.Mkdir(ltsp, 0755)
+	mountLtsp(t, lower, upper, ltsp, "-o", "ro")
+	fstest.CompareTrees(t, ref, ltsp, viewOpts)
+	unmountAndWait(t, ltsp)
+	convertChain(t, lower, upper, ref, "unionfs-fuse-1.0", "overlay")
 }
 
 func TestConvertUnionfsFuseUpper(t *testing.T) {
