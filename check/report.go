@@ -11,7 +11,7 @@ import (
 const (
 	KindTempObject        = "temp-object"            // a leftover temporary object of the union (crash during a copy-up)
 	KindMixedFormats      = "mixed-formats"          // markers of more than one whiteout format in one upper
-	KindUselessWhiteout   = "whiteout-hides-nothing" // a whiteout of a name no lower layer shows (needs lowers)
+	KindUselessWhiteout   = "whiteout-hides-nothing" // a whiteout of a name no lower layer has there (needs lowers)
 	KindRedundantWhiteout = "redundant-whiteout"     // an aufs or unionfs-fuse whiteout beside an upper non-directory
 	KindMetacopyNoData    = "metacopy-data-gone"     // a metadata-only copy whose lower data is gone (needs lowers)
 	KindBadRedirect       = "bad-redirect"           // a redirect that is malformed or leads to nothing below

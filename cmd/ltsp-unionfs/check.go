@@ -22,7 +22,7 @@ its problems, one per line:
 
   temp-object             a leftover temporary object of an interrupted copy-up (` + "`.wh..wh.ltsp-tmp.*`" + `)
   mixed-formats           markers of more than one whiteout format in one upper (see convert)
-  whiteout-hides-nothing  a whiteout of a name no lower layer shows (needs --lower)
+  whiteout-hides-nothing  a whiteout of a name no lower layer has there (needs --lower)
   redundant-whiteout      an aufs or unionfs-fuse whiteout beside an upper file of the same name
   metacopy-data-gone      a metadata-only copy whose lower data is gone (needs --lower)
   bad-redirect            a renamed directory's redirect that is malformed or leads nowhere (needs --lower)
