@@ -58,7 +58,7 @@ type MergeStats struct {
 // Changes are applied in path order, after moving renamed sources aside (under temporary marker names in the
 // root of opt.Into), so that no later step reads what an earlier one removed. Each object is replaced by one
 // rename or link, but the merge as a whole is not atomic: after a failure opt.Into is partly merged. The caller
-// must make sure no union has opt.Upper mounted (see InUse).
+// must make sure no union has opt.Upper mounted (see package internal/inuse).
 func Merge(opt MergeOptions) (*MergeStats, error) {
 	rep, err := Diff(Options{Upper: opt.Upper, Lowers: []string{opt.Into}, Unchanged: true,
 		Progress: opt.Progress, Warn: opt.Warn})

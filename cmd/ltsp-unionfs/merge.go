@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ltsp/ltsp-unionfs/changes"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
 )
 
@@ -65,9 +66,9 @@ func newMergeCommand() *cobra.Command {
 			if err := checkApart(upper, into); err != nil {
 				return err
 			}
-			by, err := changes.InUse(upper)
+			by, err := inuse.Upper(upper)
 			if err != nil {
-				return layerCode(err)
+				return layerCode(&changes.LayerError{Path: upper, Err: err})
 			}
 			if by != "" {
 				return withCode(exitBusy, fmt.Errorf("upper layer %s is in use by %s: unmount it first", upper, by))

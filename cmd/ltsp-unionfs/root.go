@@ -80,7 +80,8 @@ func newRootCommand(notify *notifier) *cobra.Command {
 	flags.MarkHidden("sloppy")
 	flags.MarkHidden("cpuprofile")
 	flags.MarkHidden("memprofile")
-	cmd.AddCommand(newStatsCommand(), newVersionCommand(), newDiffCommand(), newMergeCommand())
+	cmd.AddCommand(newStatsCommand(), newVersionCommand(), newDiffCommand(), newMergeCommand(),
+		newCheckCommand(), newConvertCommand())
 	// gen completion writes the scripts; cobra's own completion command would be a second way to the same.
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	cmd.AddCommand(newGenCommand())

@@ -1,4 +1,6 @@
-package changes
+// Package inuse tells whether a directory is the upper layer of a live union, so that the offline tools (merge,
+// check --repair, convert) refuse to read or change an upper layer underneath its mount.
+package inuse
 
 import (
 	"bufio"
@@ -11,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// InUse reports whether the directory upper is the upper layer of a live union, and describes it:
+// Upper reports whether the directory upper is the upper layer of a live union, and describes it:
 //
 //   - a kernel overlayfs mount with upperdir=upper in /proc/self/mountinfo;
 //   - a FUSE mount whose source names upper as its writable branch (rw=, upperdir=, or unionfs-fuse's
@@ -22,10 +24,10 @@ import (
 //
 // Directories are compared by device and inode number, so any path to upper matches. Processes whose /proc
 // entries cannot be read are skipped.
-func InUse(upper string) (string, error) {
+func Upper(upper string) (string, error) {
 	var want unix.Stat_t
 	if err := unix.Stat(upper, &want); err != nil {
-		return "", &LayerError{upper, err}
+		return "", err
 	}
 	same := func(p string) bool {
 		var st unix.Stat_t

@@ -1,0 +1,412 @@
+package check
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// Options tunes a check.
+type Options struct {
+	// Lowers are the lower layers, topmost first. Without them the checks that need to know what lies below
+	// (whiteouts hiding nothing, metadata-only copies without data, redirects leading nowhere) are skipped.
+	Lowers []string
+	// Repair fixes what can be fixed without changing the merged view (see the package documentation). It is
+	// refused with a *BusyError while a mount uses the upper layer.
+	Repair bool
+	// Progress, if set, is called with the number of upper objects examined since its last call.
+	Progress func(n int)
+}
+
+// Check checks the upper layer at upper (see the package documentation). A missing or unreadable layer is a
+// *LayerError; an upper in use while Repair is asked for is a *BusyError. The report lists every problem.
+func Check(upper string, opt Options) (*Report, error) {
+	rootfd, err := OpenLayerDir(upper)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rootfd)
+	if opt.Repair {
+		if err := RefuseInUse(upper); err != nil {
+			return nil, err
+		}
+	}
+	c := &checker{opt: opt, root: rootfd, formats: map[string]bool{},
+		rep: &Report{Upper: upper, Lowers: opt.Lowers, Problems: []Problem{}, Formats: []string{}}}
+	var stack *Stack
+	if len(opt.Lowers) > 0 {
+		if c.lowers, err = OpenLowers(opt.Lowers); err != nil {
+			return nil, err
+		}
+		defer c.lowers.Close()
+		stack = c.lowers.Root()
+		defer stack.Close()
+	}
+	var metas []metaDir
+	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
+		if fd, err := sysx.OpenDir(rootfd, name); err == nil {
+			metas = append(metas, metaDir{name: name, fd: fd})
+			c.formats[metaFormat(name)] = true
+		}
+	}
+	if err := c.walk(rootfd, "", stack, metas); err != nil {
+		return nil, err
+	}
+	for f := range c.formats {
+		c.rep.Formats = append(c.rep.Formats, f)
+	}
+	sort.Strings(c.rep.Formats)
+	if len(c.rep.Formats) > 1 {
+		c.rep.Problems = append(c.rep.Problems, Problem{Kind: KindMixedFormats, Path: "/",
+			Detail: "markers of several whiteout formats in one upper layer: " + strings.Join(c.rep.Formats, ", "),
+			Action: "choose one with ltsp-unionfs convert --to FORMAT"})
+	}
+	sortProblems(c.rep.Problems)
+	return c.rep, nil
+}
+
+// metaFormat names the format of a unionfs-fuse meta directory.
+func metaFormat(name string) string {
+	if name == whiteout.UnionfsLegacyMetaDir {
+		return "unionfs-fuse-1.0"
+	}
+	return "unionfs-fuse"
+}
+
+// metaDir is the directory of a unionfs-fuse meta tree that belongs to the upper directory being walked.
+type metaDir struct {
+	name string // the meta tree: .unionfs or .unionfs-fuse
+	fd   int
+}
+
+// checker walks one upper layer.
+type checker struct {
+	opt     Options
+	root    int
+	lowers  *Lowers
+	rep     *Report
+	formats map[string]bool
+}
+
+// marker is a whiteout found in an upper directory.
+type marker struct {
+	name   string // the name it hides
+	where  string // the marker's own path, for the report
+	remove func() error
+	chr    bool   // an overlay whiteout: the marker is the name itself
+	format string // the format it belongs to
+}
+
+func (c *checker) problem(p Problem, repair func() error, action string) (repaired bool) {
+	if repair != nil && c.opt.Repair {
+		if err := repair(); err != nil {
+			p.Action = fmt.Sprintf("repair failed: %v", err)
+		} else {
+			p.Repaired, p.Action = true, action
+		}
+	} else if repair == nil && p.Action == "" {
+		p.Action = "cannot be repaired safely"
+	}
+	c.rep.Problems = append(c.rep.Problems, p)
+	return p.Repaired
+}
+
+func join(dir, name string) string { return dir + "/" + name }
+
+// walk checks the upper directory dirfd (-1 if the upper layer has no directory there but a meta tree does) at
+// path, whose lower directories are stack (nil without lowers) and whose meta directories are metas. It closes
+// dirfd (unless it is the root) and metas.
+func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) error {
+	defer func() {
+		for _, m := range metas {
+			unix.Close(m.fd)
+		}
+		if dirfd >= 0 && dirfd != c.root {
+			unix.Close(dirfd)
+		}
+	}()
+	var ents []Dirent
+	if dirfd >= 0 {
+		var err error
+		if ents, err = ReadDir(dirfd); err != nil {
+			return &LayerError{Path: join(c.rep.Upper, dir), Err: err}
+		}
+		if c.opt.Repair {
+			defer KeepTimes(dirfd)()
+		}
+	}
+	c.rep.Objects += len(ents)
+	if c.opt.Progress != nil {
+		c.opt.Progress(len(ents))
+	}
+	objs := map[string]unix.Stat_t{}
+	var names []string
+	var markers []marker
+	for _, e := range ents {
+		name := e.Name
+		switch {
+		case dirfd == c.root && whiteout.IsRootMetaName(name):
+		case whiteout.IsTempName(name):
+			c.problem(Problem{Kind: KindTempObject, Path: join(dir, name),
+				Detail: "leftover temporary object of an interrupted copy-up or marker change"},
+				func() error { return whiteout.RemoveTree(dirfd, name) }, "removed")
+		case whiteout.IsMarkerName(name):
+			if strings.HasPrefix(name, whiteout.AufsPrefix+whiteout.AufsPrefix) {
+				c.formats["aufs"] = true
+				continue // the opaque marker and aufs's own ".wh..wh.*" entries
+			}
+			markers = append(markers, marker{name: name[len(whiteout.AufsPrefix):], where: join(dir, name),
+				format: "aufs", remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
+		default:
+			var st unix.Stat_t
+			if err := sysx.Fstatat(dirfd, name, &st); err != nil {
+				return &LayerError{Path: join(c.rep.Upper, join(dir, name)), Err: err}
+			}
+			if whiteout.IsOverlayWhiteout(&st) {
+				markers = append(markers, marker{name: name, where: join(dir, name), chr: true, format: "overlay",
+					remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
+				continue
+			}
+			objs[name] = st
+			names = append(names, name)
+		}
+	}
+	metaSubdirs := map[string]bool{}
+	var metaNames []string
+	for _, m := range metas {
+		ments, err := ReadDir(m.fd)
+		if err != nil {
+			return &LayerError{Path: join(c.rep.Upper, m.name+dir), Err: err}
+		}
+		c.rep.Objects += len(ments)
+		for _, e := range ments {
+			name, mfd := e.Name, m.fd
+			var st unix.Stat_t
+			if sysx.Fstatat(mfd, name, &st) != nil {
+				continue
+			}
+			switch {
+			case strings.HasSuffix(name, whiteout.UnionfsHiddenSuffix) && len(name) > len(whiteout.UnionfsHiddenSuffix):
+				// unionfs-fuse 1.0 hides a directory with a directory marker.
+				markers = append(markers, marker{name: strings.TrimSuffix(name, whiteout.UnionfsHiddenSuffix),
+					where: "/" + m.name + join(dir, name), format: metaFormat(m.name),
+					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
+			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+				if !metaSubdirs[name] {
+					metaSubdirs[name] = true
+					metaNames = append(metaNames, name)
+				}
+			default:
+				c.problem(Problem{Kind: KindUnknownMeta, Path: "/" + m.name + join(dir, name),
+					Detail: "an entry of the unionfs-fuse meta tree that is no whiteout marker"}, nil, "")
+			}
+		}
+	}
+	beside := map[string]bool{} // names with an aufs or unionfs-fuse marker: opaque if they are directories
+	hidden := map[string]bool{} // names whited out
+	for _, m := range markers {
+		st, exists := objs[m.name]
+		if !exists {
+			hidden[m.name] = true
+		}
+		removed := false
+		switch {
+		case exists && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			beside[m.name] = true
+		case exists:
+			removed = c.problem(Problem{Kind: KindRedundantWhiteout, Path: m.where,
+				Detail: "whiteout of " + join(dir, m.name) + ", which the upper layer has as a file anyway"},
+				m.remove, "removed")
+		case stack != nil:
+			if _, ok := stack.Lookup(m.name); !ok {
+				removed = c.problem(Problem{Kind: KindUselessWhiteout, Path: m.where,
+					Detail: "whiteout of " + join(dir, m.name) + ", which no lower layer has"}, m.remove, "removed")
+			}
+		}
+		if !removed {
+			c.formats[m.format] = true // a repaired marker no longer mixes formats
+		}
+	}
+	for _, name := range names {
+		st := objs[name]
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if err := c.dir(dirfd, dir, name, stack, metas, beside[name]); err != nil {
+				return err
+			}
+			delete(metaSubdirs, name)
+			continue
+		}
+		c.nonDir(dirfd, dir, name, &st, stack)
+	}
+	for _, name := range metaNames {
+		if !metaSubdirs[name] || hidden[name] {
+			// Markers below a whited-out name (unionfs-fuse's rm -r leaves them) are moot, and harmless.
+			continue
+		}
+		child := stack.Child(name)
+		if stack != nil && child.Empty() {
+			child.Close()
+			var where []string
+			for _, m := range metas {
+				var st unix.Stat_t
+				if sysx.Fstatat(m.fd, name, &st) == nil {
+					where = append(where, "/"+m.name+join(dir, name))
+				}
+			}
+			c.problem(Problem{Kind: KindOrphanMeta, Path: where[0],
+				Detail: "unionfs-fuse markers below " + join(dir, name) + ", which exists in no layer"},
+				func() error {
+					for _, m := range metas {
+						if err := whiteout.RemoveTree(m.fd, name); err != nil {
+							return err
+						}
+					}
+					return nil
+				}, "removed")
+			continue
+		}
+		if stack == nil {
+			child = nil
+		}
+		if err := c.walk(-1, join(dir, name), child, subMetas(metas, name)); err != nil {
+			child.Close()
+			return err
+		}
+		child.Close()
+	}
+	return nil
+}
+
+// subMetas opens the meta directories called name in metas.
+func subMetas(metas []metaDir, name string) []metaDir {
+	var out []metaDir
+	for _, m := range metas {
+		if fd, err := sysx.OpenDir(m.fd, name); err == nil {
+			out = append(out, metaDir{name: m.name, fd: fd})
+		}
+	}
+	return out
+}
+
+// dir checks the upper directory name in dirfd and descends into it.
+func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir, markerBeside bool) error {
+	p := join(dir, name)
+	if HasAnyXattr(dirfd, name, OpaqueXattrs) {
+		c.formats["overlay"] = true
+	}
+	op, _ := whiteout.DirOpacity(dirfd, name)
+	opaque := op == whiteout.Opaque || markerBeside
+	redirect := Redirect(dirfd, name)
+	if redirect != "" {
+		c.formats["overlay"] = true
+	}
+	var child *Stack
+	switch {
+	case stack == nil:
+		if redirect != "" && !opaque && !validRedirect(redirect) {
+			c.badRedirectForm(p, redirect)
+		}
+	case opaque || redirect == "":
+		// The lower directories at the directory's path, whether it hides them or not: a whiteout of a name
+		// they have is not useless in an opaque directory (the union may have made it opaque later).
+		child = stack.Child(name)
+	case !validRedirect(redirect):
+		c.badRedirectForm(p, redirect)
+		child = stack.Child(name) // what the union does with it
+	default:
+		if strings.HasPrefix(redirect, "/") {
+			child, _ = c.lowers.At(redirect)
+		} else {
+			child = stack.Child(redirect)
+		}
+		if child.Empty() {
+			c.problem(Problem{Kind: KindBadRedirect, Path: p,
+				Detail: fmt.Sprintf("redirect %q leads to no directory in the lower layers", redirect)},
+				func() error {
+					// The directory shows only its upper content now: an opaque one shows the same, for
+					// overlayfs too.
+					if err := sysx.Setxattrat(dirfd, name, whiteout.OverlayOpaqueXattr, []byte("y"), 0); err != nil {
+						return err
+					}
+					return removeXattrs(dirfd, name, RedirectXattrs)
+				}, "made opaque, redirect removed")
+		}
+	}
+	sub, err := sysx.OpenDir(dirfd, name)
+	if err != nil {
+		child.Close()
+		return &LayerError{Path: join(c.rep.Upper, p), Err: err}
+	}
+	err = c.walk(sub, p, child, subMetas(metas, name))
+	child.Close()
+	return err
+}
+
+func (c *checker) badRedirectForm(p, redirect string) {
+	c.problem(Problem{Kind: KindBadRedirect, Path: p,
+		Detail: fmt.Sprintf("redirect %q is neither an absolute path nor a name in the same directory", redirect)},
+		nil, "")
+}
+
+// validRedirect reports whether a directory redirect has one of the forms overlayfs defines: an absolute path
+// from the layer roots, or a plain name in the same parent.
+func validRedirect(r string) bool {
+	if strings.HasPrefix(r, "/") {
+		_, ok := SplitRedirect(r)
+		return ok
+	}
+	return ValidRelativeRedirect(r)
+}
+
+// nonDir checks the upper non-directory name in dirfd.
+func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *Stack) {
+	p := join(dir, name)
+	if HasAnyXattr(dirfd, name, OpaqueXattrs) {
+		c.formats["overlay"] = true
+		c.problem(Problem{Kind: KindOpaqueNonDir, Path: p, Detail: "opaque marker on a non-directory"},
+			func() error { return removeXattrs(dirfd, name, OpaqueXattrs) }, "opaque xattr removed")
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || !IsMetacopy(dirfd, name) {
+		return
+	}
+	c.formats["overlay"] = true
+	if stack == nil {
+		return
+	}
+	_, release, ok := MetacopyData(c.lowers, dirfd, name, stack)
+	release()
+	if ok {
+		return
+	}
+	c.problem(Problem{Kind: KindMetacopyNoData, Path: p,
+		Detail: "metadata-only copy whose data no lower layer holds any more"}, nil,
+		"its data is lost: restore the lower file, or remove or rewrite the upper file")
+}
+
+// MetacopyData finds the lower file holding the data of the metadata-only copy name in the upper directory
+// dirfd, whose lower stack is stack: the file its redirect xattr names (overlayfs records one when a
+// metadata-only copy is renamed: an absolute path, or a name in the same directory), else the one of the same
+// name below. The entry's Dirfd stays valid until
+// release is called.
+func MetacopyData(lowers *Lowers, dirfd int, name string, stack *Stack) (e Entry, release func(), ok bool) {
+	release = func() {}
+	switch r := Redirect(dirfd, name); {
+	case strings.HasPrefix(r, "/") && lowers != nil:
+		s, valid := lowers.At(path.Dir(r))
+		if valid {
+			e, ok = s.Lookup(path.Base(r))
+		}
+		release = s.Close
+	case r != "" && ValidRelativeRedirect(r):
+		e, ok = stack.Lookup(r)
+	default:
+		e, ok = stack.Lookup(name)
+	}
+	return e, release, ok && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG
+}

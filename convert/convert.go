@@ -1,0 +1,550 @@
+package convert
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/check"
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/whiteout"
+)
+
+// Options tunes a conversion.
+type Options struct {
+	// To is the format to write: a name of whiteout.Formats.
+	To string
+	// Lowers are the lower layers, topmost first. They are needed only where the target format cannot express
+	// what the upper holds (see the package documentation); without them such an upper is refused unchanged.
+	Lowers []string
+	// Progress, if set, is called with the number of upper objects examined since its last call.
+	Progress func(n int)
+}
+
+// Result counts what a conversion did.
+type Result struct {
+	Objects      int // upper objects examined
+	Markers      int // whiteouts and opaque markers written in the target format
+	Removed      int // markers of other formats removed
+	Materialised int // redirected directories whose lower content was copied up
+	CopiedUp     int // lower objects copied into the upper layer
+	Filled       int // metadata-only copies given their data
+}
+
+// NeedLowersError refuses a conversion that needs the lower layers when none were given. Nothing was changed.
+type NeedLowersError struct {
+	Path   string // the first object that needs them, from the upper's root
+	Reason string
+}
+
+func (e *NeedLowersError) Error() string {
+	return fmt.Sprintf("%s: %s; give the lower layers (--lower) to copy what it needs up, or keep the format", e.Path,
+		e.Reason)
+}
+
+// Convert rewrites the markers of the upper layer at upper in the format opt.To (see the package
+// documentation). A missing or unreadable layer is a *check.LayerError, an upper a mount uses a
+// *check.BusyError, an upper that needs lowers that were not given a *NeedLowersError.
+func Convert(upper string, opt Options) (*Result, error) {
+	f, err := whiteout.ByName(opt.To)
+	if err != nil {
+		return nil, err
+	}
+	rootfd, err := check.OpenLayerDir(upper)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rootfd)
+	if err := check.RefuseInUse(upper); err != nil {
+		return nil, err
+	}
+	c := &converter{opt: opt, to: f, root: rootfd, res: &Result{}}
+	if u, ok := f.(whiteout.Unionfs); ok {
+		c.meta = u.MetaDir
+	}
+	metas := openMetas(rootfd)
+	var stack *check.Stack
+	if len(opt.Lowers) > 0 {
+		if c.lowers, err = check.OpenLowers(opt.Lowers); err != nil {
+			closeMetas(metas)
+			return nil, err
+		}
+		defer c.lowers.Close()
+		stack = c.lowers.Root()
+		defer stack.Close()
+	} else if err := c.needsLowers(rootfd, "", metas); err != nil {
+		closeMetas(metas)
+		return nil, err
+	}
+	if err := c.declare(); err != nil {
+		closeMetas(metas)
+		return nil, err
+	}
+	if err := c.dir(rootfd, "", stack, metas, false, false); err != nil {
+		return c.res, err
+	}
+	return c.res, c.finish()
+}
+
+// converter rewrites one upper layer.
+type converter struct {
+	opt    Options
+	to     whiteout.Format
+	meta   string // the target's meta directory (unionfs-fuse formats), else ""
+	root   int
+	lowers *check.Lowers
+	res    *Result
+}
+
+// metaDir is the directory of a unionfs-fuse meta tree for the upper directory being converted.
+type metaDir struct {
+	name string
+	fd   int
+}
+
+func openMetas(rootfd int) []metaDir {
+	var metas []metaDir
+	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
+		if fd, err := sysx.OpenDir(rootfd, name); err == nil {
+			metas = append(metas, metaDir{name: name, fd: fd})
+		}
+	}
+	return metas
+}
+
+func closeMetas(metas []metaDir) {
+	for _, m := range metas {
+		unix.Close(m.fd)
+	}
+}
+
+func subMetas(metas []metaDir, name string) []metaDir {
+	var out []metaDir
+	for _, m := range metas {
+		if fd, err := sysx.OpenDir(m.fd, name); err == nil {
+			out = append(out, metaDir{name: m.name, fd: fd})
+		}
+	}
+	return out
+}
+
+// aufsBase is the marker by which aufs (and the union) recognise an aufs-format upper at its root.
+const aufsBase = whiteout.AufsPrefix + whiteout.AufsPrefix + "aufs"
+
+// declare makes the upper declare the target format at its root before any marker is written: aufs's base
+// marker, or unionfs-fuse's meta directory.
+func (c *converter) declare() error {
+	defer check.KeepTimes(c.root)()
+	switch {
+	case c.to.Name() == "aufs":
+		fd, err := sysx.Openat(c.root, aufsBase, unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL, 0444)
+		if err == nil {
+			unix.Close(fd)
+		} else if !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("creating %s: %w", aufsBase, err)
+		}
+	case c.meta != "":
+		if err := unix.Mkdirat(c.root, c.meta, 0700); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("creating %s: %w", c.meta, err)
+		}
+	}
+	return nil
+}
+
+// finish removes what declared the other formats once no marker of theirs is left: the other meta trees (only
+// empty directories remain in them) and aufs's root entries.
+func (c *converter) finish() error {
+	defer check.KeepTimes(c.root)()
+	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
+		if name != c.meta {
+			if err := whiteout.RemoveTree(c.root, name); err != nil {
+				return fmt.Errorf("removing %s: %w", name, err)
+			}
+		}
+	}
+	if c.to.Name() == "aufs" {
+		return nil
+	}
+	ents, err := check.ReadDir(c.root)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if whiteout.IsMarkerName(e.Name) && !whiteout.IsTempName(e.Name) {
+			if err := whiteout.RemoveTree(c.root, e.Name); err != nil {
+				return fmt.Errorf("removing %s: %w", e.Name, err)
+			}
+			c.res.Removed++
+		}
+	}
+	return nil
+}
+
+// source is one marker of a format other than the target (or of the target itself: native).
+type source struct {
+	native bool
+	remove func() error
+}
+
+// upperDir is what one upper directory holds.
+type upperDir struct {
+	objs      map[string]unix.Stat_t // objects (markers and temporary objects excluded)
+	names     []string               // their names, sorted
+	whiteouts map[string][]source    // markers by the name they hide
+	metaDirs  []string               // subdirectories of the meta trees, sorted, each once
+}
+
+// read classifies the entries of the upper directory fd (-1: none) and its meta directories.
+func (c *converter) read(fd int, metas []metaDir) (*upperDir, error) {
+	u := &upperDir{objs: map[string]unix.Stat_t{}, whiteouts: map[string][]source{}}
+	if fd >= 0 {
+		ents, err := check.ReadDir(fd)
+		if err != nil {
+			return nil, err
+		}
+		c.res.Objects += len(ents)
+		if c.opt.Progress != nil {
+			c.opt.Progress(len(ents))
+		}
+		for _, e := range ents {
+			name := e.Name
+			switch {
+			case fd == c.root && whiteout.IsRootMetaName(name), whiteout.IsTempName(name):
+			case whiteout.IsMarkerName(name):
+				if strings.HasPrefix(name, whiteout.AufsPrefix+whiteout.AufsPrefix) {
+					continue
+				}
+				hidden := name[len(whiteout.AufsPrefix):]
+				u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: c.to.Name() == "aufs",
+					remove: func() error { return unix.Unlinkat(fd, name, 0) }})
+			default:
+				var st unix.Stat_t
+				if err := sysx.Fstatat(fd, name, &st); err != nil {
+					return nil, err
+				}
+				if whiteout.IsOverlayWhiteout(&st) {
+					u.whiteouts[name] = append(u.whiteouts[name], source{native: c.to.Name() == "overlay",
+						remove: func() error { return unix.Unlinkat(fd, name, 0) }})
+					continue
+				}
+				u.objs[name] = st
+				u.names = append(u.names, name)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for _, m := range metas {
+		ents, err := check.ReadDir(m.fd)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			name, mfd := e.Name, m.fd
+			var st unix.Stat_t
+			if sysx.Fstatat(mfd, name, &st) != nil {
+				continue
+			}
+			if hidden, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && hidden != "" {
+				// A file, or for a directory (unionfs-fuse 1.0) a directory.
+				u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: m.name == c.meta,
+					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
+				continue
+			}
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR && !seen[name] {
+				seen[name] = true
+				u.metaDirs = append(u.metaDirs, name)
+			}
+		}
+	}
+	sort.Strings(u.names)
+	sort.Strings(u.metaDirs)
+	return u, nil
+}
+
+// removeForeign removes the markers in srcs that are not of the target format.
+func (c *converter) removeForeign(srcs []source) error {
+	for _, s := range srcs {
+		if s.native {
+			continue
+		}
+		if err := s.remove(); err != nil && !errors.Is(err, syscall.ENOENT) {
+			return err
+		}
+		c.res.Removed++
+	}
+	return nil
+}
+
+func hasNative(srcs []source) bool {
+	for _, s := range srcs {
+		if s.native {
+			return true
+		}
+	}
+	return false
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// dir converts the upper directory fd (-1 if only meta trees have it) at path p (relative, "" for the root),
+// whose lower directories are stack (nil without lowers) and meta directories metas. With materialise, the
+// directory takes its lower content from a redirect that the target format cannot express: that content is
+// copied up first. In an opaque directory whiteouts hide nothing and are dropped (kernel overlayfs lists those of
+// a lower layer's opaque directory). It closes fd (unless it is the root) and metas.
+func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, materialise, opaque bool) error {
+	defer func() {
+		closeMetas(metas)
+		if fd >= 0 && fd != c.root {
+			unix.Close(fd)
+		}
+	}()
+	fail := func(err error) error { return fmt.Errorf("/%s: %w", p, err) }
+	if fd >= 0 {
+		defer check.KeepTimes(fd)()
+	}
+	u, err := c.read(fd, metas)
+	if err != nil {
+		return fail(err)
+	}
+	if materialise {
+		if err := c.copyUpMissing(fd, u, stack); err != nil {
+			return fail(err)
+		}
+	}
+	d := whiteout.Dir{Fd: fd, Path: p, Root: c.root}
+	// Whiteouts of names the upper layer does not have: write the target's marker, then drop the others.
+	hidden := make([]string, 0, len(u.whiteouts))
+	for name := range u.whiteouts {
+		hidden = append(hidden, name)
+	}
+	sort.Strings(hidden)
+	for _, name := range hidden {
+		srcs := u.whiteouts[name]
+		if _, ok := u.objs[name]; ok {
+			continue // beside an upper object: an opaque marker (directories) or redundant; see below
+		}
+		if opaque {
+			for _, s := range srcs {
+				if err := s.remove(); err != nil {
+					return fail(err)
+				}
+				c.res.Removed++
+			}
+			continue
+		}
+		if !hasNative(srcs) {
+			if fd < 0 && c.meta == "" {
+				return fail(fmt.Errorf("no upper directory for the whiteout of %s", name))
+			}
+			if _, err := c.to.Hide(d, name, whiteout.TempName()); err != nil {
+				return fail(fmt.Errorf("whiteout of %s: %w", name, err))
+			}
+			c.res.Markers++
+		}
+		if err := c.removeForeign(srcs); err != nil {
+			return fail(err)
+		}
+	}
+	for _, name := range u.names {
+		st := u.objs[name]
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if err := c.nonDir(fd, p, name, &st, stack, u.whiteouts[name]); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		if err := c.child(d, name, stack, metas, u.whiteouts[name], materialise); err != nil {
+			return err
+		}
+	}
+	for _, name := range u.metaDirs {
+		if st, ok := u.objs[name]; ok && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			continue
+		}
+		if len(u.whiteouts[name]) > 0 {
+			// Below a whited-out name (unionfs-fuse's rm -r leaves these): the markers are moot.
+			if err := c.removeForeignMeta(metas, name); err != nil {
+				return fail(err)
+			}
+			continue
+		}
+		if err := c.metaOnly(d, name, stack, metas); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nonDir converts the upper non-directory name in fd: a metadata-only copy gets its data unless the target is
+// overlay; a marker of a format beside it is redundant and goes.
+func (c *converter) nonDir(fd int, p, name string, st *unix.Stat_t, stack *check.Stack, beside []source) error {
+	if err := c.removeForeign(beside); err != nil {
+		return err
+	}
+	if c.to.Name() == "overlay" || st.Mode&unix.S_IFMT != unix.S_IFREG || !check.IsMetacopy(fd, name) {
+		return nil
+	}
+	return c.fill(fd, joinPath(p, name), name, st, stack)
+}
+
+// child converts the upper directory name in d and its opacity.
+func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas []metaDir, beside []source,
+	materialise bool) error {
+	p := joinPath(d.Path, name)
+	op, _ := whiteout.DirOpacity(d.Fd, name)
+	opaque := op == whiteout.Opaque || len(beside) > 0
+	redirect := ""
+	if !opaque {
+		redirect = check.Redirect(d.Fd, name)
+	}
+	valid := redirect != "" && (strings.HasPrefix(redirect, "/") || check.ValidRelativeRedirect(redirect))
+	if strings.HasPrefix(redirect, "/") {
+		_, valid = check.SplitRedirect(redirect)
+	}
+	own := valid && !c.to.Redirects()
+	var sub *check.Stack
+	switch {
+	case stack == nil:
+	case opaque:
+		sub = &check.Stack{}
+	case valid && strings.HasPrefix(redirect, "/"):
+		sub, _ = c.lowers.At(redirect)
+	case valid:
+		sub = stack.Child(redirect)
+	default:
+		sub = stack.Child(name)
+	}
+	defer sub.Close()
+	if (materialise || own) && stack == nil {
+		return &NeedLowersError{Path: "/" + p, Reason: fmt.Sprintf("a redirect (to %q), which %s cannot express",
+			redirect, c.to.Name())}
+	}
+	fd, err := sysx.OpenDir(d.Fd, name)
+	if err != nil {
+		return fmt.Errorf("/%s: %w", p, err)
+	}
+	if err := c.dir(fd, p, sub, subMetas(metas, name), materialise || own, opaque); err != nil {
+		return err
+	}
+	if err := c.setOpacity(d, name, opaque || materialise || own, own, beside); err != nil {
+		return err
+	}
+	if own && !materialise {
+		c.res.Materialised++
+		return c.dropWhiteouts(d.Fd, p, name)
+	}
+	return nil
+}
+
+// setOpacity gives the upper directory name in d the target's opaque marker if want, then removes the markers
+// of other formats and, with dropRedirect, its redirect (its content is all in the upper layer now).
+func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect bool, beside []source) error {
+	p := joinPath(d.Path, name)
+	fail := func(err error) error { return fmt.Errorf("/%s: %w", p, err) }
+	sub, err := sysx.OpenDir(d.Fd, name)
+	if err != nil {
+		return fail(err)
+	}
+	defer unix.Close(sub)
+	defer check.KeepTimes(sub)() // aufs's marker lives inside the directory
+	if want && !c.nativeOpaque(d, name, sub, beside) {
+		if err := c.to.MarkOpaque(d, name, d, name); err != nil {
+			return fail(fmt.Errorf("marking opaque: %w", err))
+		}
+		c.res.Markers++
+	}
+	if c.to.Name() != "overlay" && check.HasAnyXattr(d.Fd, name, check.OpaqueXattrs) {
+		if err := check.RemoveXattrs(d.Fd, name, check.OpaqueXattrs); err != nil {
+			return fail(err)
+		}
+		c.res.Removed++
+	}
+	if c.to.Name() != "aufs" {
+		if err := unix.Unlinkat(sub, whiteout.AufsOpaque, 0); err == nil {
+			c.res.Removed++
+		} else if !errors.Is(err, syscall.ENOENT) {
+			return fail(err)
+		}
+	}
+	if err := c.removeForeign(beside); err != nil {
+		return fail(err)
+	}
+	if dropRedirect {
+		if err := check.RemoveXattrs(d.Fd, name, check.RedirectXattrs); err != nil {
+			return fail(err)
+		}
+	}
+	return nil
+}
+
+// nativeOpaque reports whether the upper directory name in d carries the target format's opaque marker.
+func (c *converter) nativeOpaque(d whiteout.Dir, name string, sub int, beside []source) bool {
+	switch {
+	case c.to.Name() == "overlay":
+		v, err := sysx.GetxattrAll(d.Fd, name, whiteout.OverlayOpaqueXattr)
+		return err == nil && string(v) == "y"
+	case c.to.Name() == "aufs":
+		var st unix.Stat_t
+		return sysx.Fstatat(sub, whiteout.AufsOpaque, &st) == nil
+	}
+	return hasNative(beside)
+}
+
+// removeForeignMeta removes the subtrees called name of the meta trees of formats other than the target.
+func (c *converter) removeForeignMeta(metas []metaDir, name string) error {
+	for _, m := range metas {
+		if m.name != c.meta {
+			if err := whiteout.RemoveTree(m.fd, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// metaOnly converts the markers below the directory name of d that only the meta trees have: the upper layer
+// has no such directory. The unionfs-fuse formats need none; the others get a copy of the lower directory to
+// hold their markers, or, if no lower layer has it, the markers hide nothing and go.
+func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, metas []metaDir) error {
+	p := joinPath(d.Path, name)
+	var sub *check.Stack
+	if stack != nil {
+		sub = stack.Child(name)
+		defer sub.Close()
+	}
+	if c.meta != "" {
+		return c.dir(-1, p, sub, subMetas(metas, name), false, false)
+	}
+	if !hasMarkers(metas, name) {
+		return nil // empty meta directories: finish removes them
+	}
+	if stack == nil {
+		return &NeedLowersError{Path: "/" + p, Reason: "unionfs-fuse whiteouts below a directory the upper layer does not have"}
+	}
+	e, ok := stack.Lookup(name)
+	if !ok || !e.IsDir() {
+		for _, m := range metas {
+			if err := whiteout.RemoveTree(m.fd, name); err != nil {
+				return fmt.Errorf("/%s: %w", p, err)
+			}
+		}
+		return nil
+	}
+	if err := c.copyUp(d.Fd, e); err != nil {
+		return fmt.Errorf("/%s: copying the directory up: %w", p, err)
+	}
+	fd, err := sysx.OpenDir(d.Fd, name)
+	if err != nil {
+		return fmt.Errorf("/%s: %w", p, err)
+	}
+	return c.dir(fd, p, sub, subMetas(metas, name), false, false)
+}
