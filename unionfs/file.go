@@ -193,8 +193,11 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		l, obj = n.data, n.dataObj
 	}
 	n.mu.RUnlock()
-	if n.ptOpens > 0 && obj != n.ptObj {
-		// Live passthrough opens read another file (the lower one this node was copied up from).
+	if (n.ptOpens > 0 || n.ptObj != (devIno{})) && obj != n.ptObj {
+		// Live passthrough opens read another file (the lower one this node was copied up from). Even once they
+		// are gone, go-fuse may still hold that file as the node's backing file: it drops it only after our
+		// Release returns, and an open in between would be handed the old backing file (the read-only lower:
+		// EIO for a writer, stale data for a reader). A passthrough node never changes its file; a new node does.
 		n.markStale()
 		n.root.stats.staleRetries.Add(1)
 		return nil, 0, syscall.ESTALE

@@ -97,7 +97,7 @@ type Node struct {
 	stale       bool       // live passthrough opens pin an object the name no longer shows: refuse opens; protected by openMu
 	ptOpens     int        // live passthrough opens; protected by openMu
 	cachedOpens int        // live opens through the page cache; protected by openMu
-	ptObj       devIno     // the object the live passthrough opens use; protected by openMu
+	ptObj       devIno     // the object passthrough opens of n use (set by the first); protected by openMu
 	pagesStale  bool       // a passthrough writer may have left the kernel's cached pages stale; protected by openMu
 
 	copyMu sync.Mutex // serialises copy-ups of this node

@@ -251,3 +251,38 @@ func TestOpenModeBySize(t *testing.T) {
 		t.Errorf("the cached reader reads %q... after a cached write, %v", buf[:8], err)
 	}
 }
+
+// TestPassthroughNodeKeepsItsFile: once a node was opened with passthrough on its lower file, an open after a
+// copy-up goes to a new node (ESTALE, the kernel looks the name up again) even when no passthrough open is left:
+// go-fuse drops a node's backing file only after the daemon's Release returns, and an open in that window would
+// be handed the lower file (EIO for a writer, which TestStress hit under load; stale data for a reader).
+func TestPassthroughNodeKeepsItsFile(t *testing.T) {
+	u, mnt := passthroughUnion(t)
+	data := bytes.Repeat([]byte("lower "), 400000)
+	os.WriteFile(filepath.Join(u.Lower(0), "big"), data, 0644)
+	p := filepath.Join(mnt, "big")
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("reading the lower file: %v", err)
+	}
+	for i := 0; u.root.Stats().Requests["release"] < 1; i++ {
+		if i == 500 {
+			t.Fatal("no RELEASE within 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := u.root.Stats().StaleRetries
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("UPPER"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if got := u.root.Stats().StaleRetries - before; got != 1 {
+		t.Errorf("%d stale retries for the first open after the copy-up, want 1 (a new node)", got)
+	}
+	if got, _ := os.ReadFile(p); !bytes.HasPrefix(got, []byte("UPPER lower ")) {
+		t.Errorf("after the write the file starts %q", got[:12])
+	}
+}

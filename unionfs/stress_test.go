@@ -21,13 +21,18 @@ func TestStress(t *testing.T) {
 	const workers = 8
 	nops := envInt("LTSP_UNIONFS_STRESS_OPS", 400)
 	seeds := envInt("LTSP_UNIONFS_STRESS_SEEDS", 2)
+	first := int64(envInt("LTSP_UNIONFS_STRESS_FIRST_SEED", 1)) // to replay one seed: FIRST_SEED=n SEEDS=n
+	formats := []string{"overlay", "aufs", "unionfs-fuse"}
+	if f := os.Getenv("LTSP_UNIONFS_STRESS_FORMATS"); f != "" {
+		formats = strings.Split(f, ",")
+	}
 	var until time.Time
 	if d, err := time.ParseDuration(os.Getenv("LTSP_UNIONFS_STRESS_DURATION")); err == nil {
 		until = time.Now().Add(d)
 	}
 	total, started := 0, time.Now()
-	for seed := int64(1); seed <= int64(seeds) || time.Now().Before(until); seed++ {
-		for _, format := range []string{"overlay", "aufs", "unionfs-fuse"} {
+	for seed := first; seed <= int64(seeds) || time.Now().Before(until); seed++ {
+		for _, format := range formats {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, format), func(t *testing.T) {
 				stressOnce(t, diffPair(format), format, fstest.StressConfig{Seed: seed, Workers: workers, Ops: nops})
 			})
@@ -58,6 +63,9 @@ func stressOnce(t *testing.T, pair fstest.DiffPair, format string, cfg fstest.St
 	}
 	if len(got.Failures) > 0 {
 		t.Errorf("the union broke the model:\n%s", strings.Join(got.Failures, "\n"))
+		if u, ok := sut.(*testUnion); ok {
+			t.Logf("errors the daemon returned: %v", u.root.Stats().Errors)
+		}
 		shrinkWorker(t, pair, got)
 		return
 	}
