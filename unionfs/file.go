@@ -208,8 +208,8 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if errno != 0 {
 			return nil, 0, errno
 		}
-		fd, err = sysx.Openat(dirfd, name, oflags, 0)
-		if err == syscall.ELOOP || err == syscall.ENOENT {
+		fd, err = sysx.OpenObject(dirfd, name, oflags)
+		if err == syscall.ELOOP || err == syscall.ENOENT || err == syscall.ESTALE {
 			return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
 		}
 		if err != nil {
