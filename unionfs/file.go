@@ -320,5 +320,6 @@ func (f *ptFile) PassthroughFd() (int, bool) { return f.current(), true }
 // reopen opens the file behind the descriptor fd anew with flags. It is used for files that have no name (made
 // with O_TMPFILE and not yet linked), which only /proc/self/fd reaches.
 func reopen(fd int, flags int) (int, error) {
-	return unix.Open(sysx.FdPath(fd), flags|unix.O_CLOEXEC, 0)
+	// Not O_NOFOLLOW (a caller's open may carry it): the /proc magic link is what is followed.
+	return unix.Open(sysx.FdPath(fd), (flags|unix.O_CLOEXEC)&^unix.O_NOFOLLOW, 0)
 }

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -30,22 +31,34 @@ const (
 // any goroutine.
 func asUserThread(t *testing.T, uid, gid int, fn func()) {
 	t.Helper()
-	if !onUserThread(t, uid, gid, fn) {
+	if !onUserThread(t, uid, gid, nil, fn) {
 		t.Errorf("cannot switch a thread to %d:%d", uid, gid) // not Fatal: callers may be other goroutines
 	}
 }
 
-func onUserThread(t *testing.T, uid, gid int, fn func()) bool {
+// asUserGroups is asUserThread with supplementary groups.
+func asUserGroups(t *testing.T, uid, gid int, groups []uint32, fn func()) {
+	t.Helper()
+	if !onUserThread(t, uid, gid, groups, fn) {
+		t.Errorf("cannot switch a thread to %d:%d", uid, gid)
+	}
+}
+
+func onUserThread(t *testing.T, uid, gid int, groups []uint32, fn func()) bool {
 	ok := make(chan bool, 1)
 	go func() {
 		runtime.LockOSThread()
 		if unix.Gettid() == unix.Getpid() {
 			// The main thread cannot end: take another one (this goroutine holds the main thread meanwhile).
-			ok <- onUserThread(t, uid, gid, fn)
+			ok <- onUserThread(t, uid, gid, groups, fn)
 			runtime.UnlockOSThread()
 			return
 		}
-		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+		var gp unsafe.Pointer
+		if len(groups) > 0 {
+			gp = unsafe.Pointer(&groups[0])
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(gp), 0); e != 0 {
 			ok <- false
 			return
 		}
