@@ -83,7 +83,7 @@ func markerAttempts() []markerAttempt {
 	// unionfs-fuse keeps the markers of a directory "hidden_HIDDEN~" at META/dir/hidden_HIDDEN~, the path of the
 	// whiteout of "hidden": removing the directory must not remove the whiteout.
 	add("mkdir and rmdir hidden_HIDDEN~", []syscall.Errno{0}, func(m string) error {
-		if err := unix.Mkdir(m+"/dir/hidden_HIDDEN~", 0777); err != nil {
+		if err := unix.Mkdir(m+"/dir/hidden_HIDDEN~", 0777); err != nil && err != syscall.EEXIST {
 			return err
 		}
 		return unix.Rmdir(m + "/dir/hidden_HIDDEN~")
