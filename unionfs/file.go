@@ -21,7 +21,10 @@ import (
 // overlayfs, whose read-only descriptors keep reading the lower file. With passthrough (ptFile) the kernel reads
 // the file it registered at open, so such descriptors keep reading the lower file, as in overlayfs (see Open).
 //
-// ioctls are deliberately not implemented: a forwarded ioctl would run with the daemon's privileges.
+// ioctls are deliberately not implemented: a forwarded ioctl would run with the daemon's privileges. Every ioctl
+// the kernel sends (chattr/lsattr's FS_IOC_SETFLAGS/GETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION, driver
+// ioctls) fails with go-fuse's ENOTTY, for root too; overlayfs would copy the file up and set the flags on the
+// copy, which the union does not (TestSecurityIoctls).
 type file struct {
 	node        *Node // immutable
 	flags       int   // the flags the layer file is open with; immutable
