@@ -221,8 +221,9 @@ func testSymlinkRace(t *testing.T, inUpper bool) {
 	}
 	// Victims that open the FIFO (the kernel's own, on the union) wait for a peer: root keeps providing one,
 	// through the union only, so that a daemon stuck on the upper FIFO stays stuck and shows.
-	released := make(chan bool)
+	released, releaserDone := make(chan bool), make(chan bool)
 	go func() {
+		defer close(releaserDone)
 		for {
 			select {
 			case <-released:
@@ -268,6 +269,7 @@ func testSymlinkRace(t *testing.T, inUpper bool) {
 		}
 	}
 	close(released)
+	<-releaserDone // it must hold nothing open on the mount when that is unmounted
 	t.Logf("%d swaps, %d operations through the swapped names (%d failed as expected)", swaps.Load(), ops.Load(), failed.Load())
 	if swaps.Load() < 50 || ops.Load() < 1000 {
 		t.Errorf("too little racing: %d swaps, %d operations", swaps.Load(), ops.Load())
