@@ -288,7 +288,7 @@ func (n *Node) copyUpTruncated() syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	fd, err := sysx.Openat(dirfd, name, unix.O_RDWR, 0)
+	fd, err := sysx.OpenObject(dirfd, name, unix.O_RDWR)
 	if err != nil {
 		return toErrno(err)
 	}
@@ -330,7 +330,7 @@ func (n *Node) completeData() syscall.Errno {
 	if errno != 0 {
 		return errno
 	}
-	fd, err := sysx.Openat(dirfd, name, unix.O_RDWR, 0)
+	fd, err := sysx.OpenObject(dirfd, name, unix.O_RDWR)
 	if err != nil {
 		return toErrno(err)
 	}
@@ -389,7 +389,7 @@ func (n *Node) repointHandles(l *Layer) {
 		return
 	}
 	for _, f := range handles {
-		fd, err := sysx.Openat(dirfd, name, f.flags&^unix.O_NOATIME, 0)
+		fd, err := sysx.OpenObject(dirfd, name, f.flags&^unix.O_NOATIME)
 		if err != nil {
 			n.root.layerErrno(l, "re-opening after copy-up", name, err)
 			continue

@@ -197,8 +197,14 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 // Mknod - FUSE call: devices, FIFOs and sockets. The kernel has checked that the caller may make devices.
+// Whiteouts (0/0 character devices) cannot be made, by anyone.
 func (n *Node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	n.root.stats.count(opMknod)
+	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
+		// A 0/0 character device is an overlay whiteout, which the kernel lets anyone make (mknod(2) needs no
+		// CAP_MKNOD for it): made in the upper layer it would be a marker, not an object. EPERM, as overlayfs.
+		return nil, syscall.EPERM
+	}
 	p, errno := n.prepareNew(name)
 	if errno != 0 {
 		return nil, errno

@@ -21,7 +21,10 @@ import (
 // overlayfs, whose read-only descriptors keep reading the lower file. With passthrough (ptFile) the kernel reads
 // the file it registered at open, so such descriptors keep reading the lower file, as in overlayfs (see Open).
 //
-// ioctls are deliberately not implemented: a forwarded ioctl would run with the daemon's privileges.
+// ioctls are deliberately not implemented: a forwarded ioctl would run with the daemon's privileges. Every ioctl
+// the kernel sends (chattr/lsattr's FS_IOC_SETFLAGS/GETFLAGS, FS_IOC_FSSETXATTR, FS_IOC_SETVERSION, driver
+// ioctls) fails with go-fuse's ENOTTY, for root too; overlayfs would copy the file up and set the flags on the
+// copy, which the union does not (TestSecurityIoctls).
 type file struct {
 	node        *Node // immutable
 	flags       int   // the flags the layer file is open with; immutable
@@ -215,8 +218,8 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if errno != 0 {
 			return nil, 0, errno
 		}
-		fd, err = sysx.Openat(dirfd, name, oflags, 0)
-		if err == syscall.ELOOP || err == syscall.ENOENT {
+		fd, err = sysx.OpenObject(dirfd, name, oflags)
+		if err == syscall.ELOOP || err == syscall.ENOENT || err == syscall.ESTALE {
 			return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
 		}
 		if err != nil {
@@ -327,5 +330,6 @@ func (f *ptFile) PassthroughFd() (int, bool) { return f.current(), true }
 // reopen opens the file behind the descriptor fd anew with flags. It is used for files that have no name (made
 // with O_TMPFILE and not yet linked), which only /proc/self/fd reaches.
 func reopen(fd int, flags int) (int, error) {
-	return unix.Open(sysx.FdPath(fd), flags|unix.O_CLOEXEC, 0)
+	// Not O_NOFOLLOW (a caller's open may carry it): the /proc magic link is what is followed.
+	return unix.Open(sysx.FdPath(fd), (flags|unix.O_CLOEXEC)&^unix.O_NOFOLLOW, 0)
 }

@@ -284,6 +284,16 @@ func (u Unionfs) ClearDir(d Dir, name string, sub int) error {
 		return err
 	}
 	defer unix.Close(md)
+	// Only a directory holds the markers of a directory's children. Anything else there is the whiteout of another
+	// name: the markers of a directory "x_HIDDEN~" and the whiteout of "x" share the path META/x_HIDDEN~, and
+	// removing that whiteout would bring a deleted lower file back.
+	var st unix.Stat_t
+	if err := sysx.Fstatat(md, name, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
+			return err
+		}
+		return nil
+	}
 	return removeTree(md, name)
 }
 

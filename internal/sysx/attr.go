@@ -74,7 +74,7 @@ func Utimensat(dirfd int, name string, ts *[2]unix.Timespec) error {
 
 // Truncateat sets the size of the regular file name in dirfd.
 func Truncateat(dirfd int, name string, size int64) error {
-	fd, err := Openat(dirfd, name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	fd, err := OpenObject(dirfd, name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY) // never a FIFO or device
 	if err != nil {
 		return err
 	}

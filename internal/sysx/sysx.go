@@ -241,3 +241,63 @@ func AnchorProc() error {
 func FdPath(fd int) string {
 	return procFdPrefix + strconv.Itoa(fd)
 }
+
+// OpenObject opens name in dirfd with flags like Openat, but only if it is a regular file or a directory: the name
+// is first reached with O_PATH and checked, then reopened through that descriptor, so a FIFO or device that
+// appears under the name (a racing rename leaves an overlay whiteout, a 0/0 device, under the old name; a user
+// may put a FIFO there) is never opened. Opening one as root could block the daemon for good (a FIFO without a
+// peer) or act on a device. Anything else fails with ESTALE: the name no longer holds the object the caller
+// meant. A symlink fails with ELOOP, as with Openat.
+func OpenObject(dirfd int, name string, flags int) (int, error) {
+	pfd, err := Openat(dirfd, name, unix.O_PATH, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if err := Fstat(pfd, &st); err != nil {
+		return -1, err
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFDIR {
+		return -1, syscall.ESTALE
+	}
+	// Not O_NOFOLLOW: the /proc magic link is what is followed.
+	flags = (flags | unix.O_CLOEXEC) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TMPFILE | unix.O_NOFOLLOW)
+	var fd int
+	err = retry(func() error {
+		var e error
+		fd, e = unix.Open(FdPath(pfd), flags, 0)
+		return e
+	})
+	if err == syscall.EPERM && flags&unix.O_NOATIME != 0 {
+		err = retry(func() error {
+			var e error
+			fd, e = unix.Open(FdPath(pfd), flags&^unix.O_NOATIME, 0)
+			return e
+		})
+	}
+	if err == syscall.ENOENT {
+		// No /proc: open the name again, without blocking, and accept only the object checked above.
+		fd, err = Openat(dirfd, name, flags|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return -1, err
+		}
+		var st2 unix.Stat_t
+		if err := Fstat(fd, &st2); err != nil || st2.Dev != st.Dev || st2.Ino != st.Ino {
+			unix.Close(fd)
+			return -1, syscall.ESTALE
+		}
+		if flags&unix.O_NONBLOCK == 0 {
+			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+			if err == nil {
+				_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+			}
+			if err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+		}
+		return fd, nil
+	}
+	return fd, err
+}
