@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -108,6 +109,9 @@ func TestMergeSplitsLowerLinks(t *testing.T) {
 	tree(t, upper, "f keep/file ", "x keep/file trusted.overlay.metacopy=", "x keep/file user.new=1")
 	os.Truncate(filepath.Join(upper, "keep/file"), 4)
 	os.Chmod(filepath.Join(upper, "keep/file"), 0600)
+	// Both trees are made within one timestamp tick: give the copy a time of its own.
+	old := time.Unix(1e9, 0)
+	os.Chtimes(filepath.Join(upper, "keep/file"), old, old)
 	if got, want := diffLines(t, upper, into), "m /keep/file (metadata: mode, times, xattrs)\n"; got != want {
 		t.Errorf("diff: %q, want %q", got, want)
 	}
