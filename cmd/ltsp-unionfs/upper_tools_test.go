@@ -387,7 +387,7 @@ func TestCheckExitCodes(t *testing.T) {
 	}
 	testutil.MountOverlay(t, []string{lower}, upper, work, mnt)
 	for _, args := range [][]string{{"convert", upper, "--to", "aufs"}, {"check", "--repair", upper}} {
-		if r := runCLI(t, "", args...); r.code != exitBusy || !strings.Contains(r.stderr, "overlay mount on "+mnt) {
+		if r := runCLI(t, "", args...); r.code != exitBusy || !strings.Contains(r.stderr, "mount on "+mnt) {
 			t.Errorf("%v on the upper of a live overlay mount: exit %d: %s", args, r.code, r.stderr)
 		}
 	}
