@@ -99,13 +99,14 @@ func TestManyClientsNoLeak(t *testing.T) {
 	})
 	for c := 0; c < 3; c++ {
 		go loop(2, func(int) error {
-			// The untar loops delete what find walks: only those vanishing names may fail.
+			// The untar loops and git delete what find walks (extracted files, lock files): only names that
+			// vanish between the listing and the stat may fail.
 			var stderr strings.Builder
 			cmd := exec.Command("find", l.mnt, "-printf", "%s %m %u %t\n")
 			cmd.Stderr = &stderr
 			if err := cmd.Run(); err != nil {
 				for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
-					if !strings.Contains(line, l.mnt+"/x") || !strings.HasSuffix(line, "No such file or directory") {
+					if !strings.HasSuffix(line, "No such file or directory") {
 						return fmt.Errorf("find: %v\n%s", err, stderr.String())
 					}
 				}
@@ -138,9 +139,15 @@ func TestManyClientsNoLeak(t *testing.T) {
 		t.Errorf("the daemon holds %d descriptors other than pipes (%d at the start) and %d pipes once the kernel "+
 			"forgot its inodes", files, baseFiles, pipes)
 	}
-	if peak.RSSBytes > 64<<20 || end.RSSBytes > 64<<20 {
+	// The race detector's shadow memory makes the daemon several times larger: its absolute bound applies to a
+	// normal build (make stress runs one); under -race, memory must still come back down.
+	if !raceEnabled && (peak.RSSBytes > 64<<20 || end.RSSBytes > 64<<20) {
 		t.Errorf("resident memory %.1f MiB under load, %.1f MiB after; the bound is 64 MiB", mib(peak.RSSBytes),
 			mib(end.RSSBytes))
+	}
+	if end.RSSBytes > peak.RSSBytes || end.RSSBytes > base.RSSBytes+48<<20 {
+		t.Errorf("resident memory did not come back down: %.1f MiB at the start, %.1f MiB under load, %.1f MiB "+
+			"after dropping caches", mib(base.RSSBytes), mib(peak.RSSBytes), mib(end.RSSBytes))
 	}
 }
 
