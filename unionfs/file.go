@@ -219,8 +219,18 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 		fd, err = sysx.OpenObject(dirfd, name, oflags)
-		if err == syscall.ELOOP || err == syscall.ENOENT || err == syscall.ESTALE {
+		if err == syscall.ELOOP || err == syscall.ENOENT {
 			return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
+		}
+		if err == syscall.ESTALE {
+			// The name holds another kind of object now, or the layer's handle of the directory went stale
+			// (an NFS server replaced it): then the directory's node must be renewed, or the kernel's retry
+			// would meet the same handle.
+			var st unix.Stat_t
+			if sysx.Fstat(dirfd, &st) == syscall.ESTALE {
+				n.parentStale(syscall.ESTALE)
+			}
+			return nil, 0, syscall.ESTALE
 		}
 		if err != nil {
 			return nil, 0, n.parentStale(n.root.layerErrno(l, "open", name, err))
