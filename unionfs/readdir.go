@@ -81,7 +81,9 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 		h.entries = entries
 	}
 	if off > uint64(len(h.entries)) {
-		return syscall.EINVAL
+		// The directory shrank since the offset was handed out (a listing continued on a fresh handle, while
+		// entries were removed): the listing is over, as on a local filesystem, not an error.
+		off = uint64(len(h.entries))
 	}
 	h.pos = int(off)
 	return 0
