@@ -100,6 +100,7 @@ func runMount(o *mountOptions, notify *notifier) error {
 		layers.Close()
 		return withCode(exitMount, fmt.Errorf("cannot mount on %s: %w", mnt, mountErrorHint(err)))
 	}
+	unionfs.SpareProcs()
 	sigs := make(chan os.Signal, 1)
 	if initrd {
 		signal.Notify(sigs, syscall.SIGINT)

@@ -83,6 +83,9 @@ type FS struct {
 
 // Mount serves dir at mountpoint (both must exist). It needs root (the mount is made with mount(2)).
 func Mount(dir, mountpoint string) (*FS, error) {
+	if err := mountFusectl(); err != nil {
+		return nil, err
+	}
 	f := &FS{Dir: dir, Mountpoint: mountpoint}
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
@@ -114,10 +117,36 @@ func Mount(dir, mountpoint string) (*FS, error) {
 		return nil, err
 	}
 	f.server = server
-	if err := syscall.Stat(mountpoint, &st); err == nil {
-		f.connDir = fmt.Sprintf("/sys/fs/fuse/connections/%d", unix.Minor(st.Dev))
+	if err := syscall.Stat(mountpoint, &st); err != nil {
+		f.server.Unmount()
+		return nil, err
+	}
+	f.connDir = fmt.Sprintf("%s/%d", fusectlDir, unix.Minor(st.Dev))
+	if _, err := os.Stat(f.connDir + "/abort"); err != nil {
+		f.server.Unmount()
+		return nil, fmt.Errorf("faultfs needs the FUSE control filesystem to abort its connection: %w", err)
 	}
 	return f, nil
+}
+
+// fusectlDir is where the FUSE control filesystem lists connections.
+const fusectlDir = "/sys/fs/fuse/connections"
+
+// mountFusectl mounts the FUSE control filesystem unless it is mounted. systemd mounts it at boot; a machine
+// without systemd (a container, a minimal CI image) may not have it, and without it a connection cannot be
+// aborted: Unmount would wait for a client that holds the layer open, for ever.
+func mountFusectl() error {
+	var st, parent unix.Stat_t
+	if err := unix.Stat(fusectlDir, &st); err != nil {
+		return fmt.Errorf("%s: %w (is the fuse module loaded?)", fusectlDir, err)
+	}
+	if err := unix.Stat(fusectlDir+"/..", &parent); err == nil && parent.Dev != st.Dev {
+		return nil // mounted
+	}
+	if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mounting fusectl on %s: %w", fusectlDir, err)
+	}
+	return nil
 }
 
 // Unmount aborts the FUSE connection and unmounts. Aborting first matters: a client holding descriptors or a
