@@ -139,14 +139,22 @@ func TestManyClientsNoLeak(t *testing.T) {
 		t.Errorf("the daemon holds %d descriptors other than pipes (%d at the start) and %d pipes once the kernel "+
 			"forgot its inodes", files, baseFiles, pipes)
 	}
-	// The race detector's shadow memory makes the daemon several times larger: its absolute bound applies to a
-	// normal build (make stress runs one); under -race, memory must still come back down.
-	if !raceEnabled && (peak.RSSBytes > 64<<20 || end.RSSBytes > 64<<20) {
-		t.Errorf("resident memory %.1f MiB under load, %.1f MiB after; the bound is 64 MiB", mib(peak.RSSBytes),
-			mib(end.RSSBytes))
+	// The race detector's shadow memory makes the daemon several times larger and does not shrink when the Go
+	// heap does (a -race CI run measured 81 -> 223 -> 203 MiB, where a normal build goes 10 -> 33 -> 15): the
+	// bounds on resident memory apply to a normal build, which make stress runs. Under -race, memory must only
+	// stop growing once the load ends.
+	if !raceEnabled {
+		if peak.RSSBytes > 64<<20 || end.RSSBytes > 64<<20 {
+			t.Errorf("resident memory %.1f MiB under load, %.1f MiB after; the bound is 64 MiB", mib(peak.RSSBytes),
+				mib(end.RSSBytes))
+		}
+		if end.RSSBytes > base.RSSBytes+48<<20 {
+			t.Errorf("resident memory did not come back down: %.1f MiB at the start, %.1f MiB under load, %.1f MiB "+
+				"after dropping caches", mib(base.RSSBytes), mib(peak.RSSBytes), mib(end.RSSBytes))
+		}
 	}
-	if end.RSSBytes > peak.RSSBytes || end.RSSBytes > base.RSSBytes+48<<20 {
-		t.Errorf("resident memory did not come back down: %.1f MiB at the start, %.1f MiB under load, %.1f MiB "+
+	if end.RSSBytes > peak.RSSBytes+8<<20 {
+		t.Errorf("resident memory kept growing after the load: %.1f MiB at the start, %.1f MiB under load, %.1f MiB "+
 			"after dropping caches", mib(base.RSSBytes), mib(peak.RSSBytes), mib(end.RSSBytes))
 	}
 }
