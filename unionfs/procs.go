@@ -19,7 +19,8 @@ func goFuseReaders(procs int) int {
 // time always looks like that: its readers sit in read(2) between requests, so every request paid a futex wake-up,
 // a spinning thread and a context switch more than the kernel's own hand-off. With a P to spare the monitor leaves
 // syscalls alone for 10 ms. Measured on 2 CPUs (benchmarks/RESULTS.md): one FUSE round trip 43 -> 35 µs
-// (fuse-overlayfs, in C: 29-36 µs), untar of 20,000 files 7.6 -> 6.5 s, rm -rf of them 2.8 -> 2.5 s. The extra
+// (fuse-overlayfs, in C: 29-36 µs); in one A/B run (run-to-run spread there is about 15%), untar of 20,000 files
+// 7.6 -> 6.5 s and rm -rf of them 2.8 -> 2.5 s. The extra
 // Ps cost nothing while idle: goroutines that run Go code are still bounded by the readers plus the few the
 // daemon starts itself.
 //
