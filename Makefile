@@ -8,6 +8,7 @@
 #   make fuzz       run every go test -fuzz target for $(FUZZTIME) each (CI runs only their seed corpora)
 #   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
 #   make bench-quick  the same in under 3 minutes: one repetition, short fio runs, no dpkg workload
+#   make vm-test    boot real diskless clients under qemu on the union and check them from inside (root; see README)
 #   make stress     the long runs of the stress, fsx, differential and load tests (root; STRESS_TIME, default 1h)
 
 SHELL       := /bin/bash
@@ -34,7 +35,7 @@ export CGO_ENABLED = 0
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
 .PHONY: all build demo test vet staticcheck fmt-check gotest check-mounts install clean bench bench-quick bench-deps
-.PHONY: docs fuzz stress
+.PHONY: docs fuzz stress vm-test vm-test-deps
 
 all: build docs
 
@@ -96,6 +97,16 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(GO) run ./benchmarks --quick $(BENCHFLAGS)
+
+# The VM boot test (vmtest/): its tools from Debian's packages, installed only when missing. The guest's base image
+# is cached in /var/cache/ltsp-unionfs-vmtest; VMTESTFLAGS passes flags (e.g. --boots nbd,control --keep).
+VMTEST_PKGS = qemu-system-x86 nbdkit nfs-ganesha nfs-ganesha-vfs debootstrap squashfs-tools
+vm-test-deps:
+	@missing=$$(for p in $(VMTEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
+
+vm-test: vm-test-deps
+	$(GO) run ./vmtest $(VMTESTFLAGS)
 
 # The tests CI runs briefly, run long: concurrent stress workers against kernel overlayfs for most of
 # STRESS_TIME, then fsx, the differential fuzzer, the many-clients load test and every go test -fuzz target. The log goes to stress.log; its

@@ -13,9 +13,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/rootdaemon"
 )
 
 // Backgrounding. Go cannot fork, so without --foreground the command re-executes itself as the daemon, with a
@@ -71,25 +72,12 @@ func runBackground() error {
 }
 
 // daemonArgv0 is the argv[0] the daemon runs under: the command's own, marked with a leading '@' in an
-// initramfs (see markArgv0).
+// initramfs, where it serves the future root filesystem (see package rootdaemon).
 func daemonArgv0() string {
-	if inInitramfs() && !strings.HasPrefix(os.Args[0], "@") {
-		return "@" + os.Args[0]
+	if rootdaemon.InInitramfs() {
+		return rootdaemon.Marked(os.Args[0])
 	}
 	return os.Args[0]
-}
-
-// markArgv0 makes /proc/self/cmdline start with '@', which tells systemd that this process serves the root
-// filesystem and must survive its killing sprees at switch_root and shutdown (systemd's
-// ROOT_STORAGE_DAEMONS.md). A daemon started in the background already has it (daemonArgv0); a foreground one
-// overwrites the first byte of its argv in place: Go's os.Args[0] shares the memory the kernel shows as
-// cmdline. comm (the process name) is unchanged.
-func markArgv0() {
-	a := os.Args[0]
-	if a == "" || a[0] == '@' {
-		return
-	}
-	unsafe.Slice(unsafe.StringData(a), len(a))[0] = '@'
 }
 
 // notifier is the daemon's end of the readiness pipe; nil when running in the foreground.
@@ -147,7 +135,7 @@ func detach(logw *logWriter) {
 // systemLog opens where a background daemon logs: in the initramfs the kernel log (no syslog runs there, and
 // the daemon outlives switch_root), elsewhere the journal or syslog through /dev/log, else the kernel log.
 func systemLog() io.Writer {
-	if !inInitramfs() {
+	if !rootdaemon.InInitramfs() {
 		if w, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_NOTICE, "ltsp-unionfs"); err == nil {
 			return w
 		}
@@ -156,13 +144,6 @@ func systemLog() io.Writer {
 		return &kmsgWriter{f} // one write per record: no buffering
 	}
 	return io.Discard
-}
-
-// inInitramfs reports whether the daemon starts in an initramfs: systemd's and dracut's initrds carry
-// /etc/initrd-release.
-func inInitramfs() bool {
-	_, err := os.Stat("/etc/initrd-release")
-	return err == nil
 }
 
 // kmsgWriter writes each log line as one /dev/kmsg record (the logger's "ltsp-unionfs: " prefix is the tag).

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -17,20 +18,8 @@ import (
 // moduleDir is the dracut module in the source tree.
 var moduleDir = filepath.Join("..", "..", "dracut", "90ltsp-unionfs")
 
-// requireTool fails (in CI) or skips when a program the test runs is missing.
-func requireTool(t *testing.T, name, pkg string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err == nil {
-		return
-	}
-	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-		t.Fatalf("%s is not installed (apt-get install %s; .ci/run does)", name, pkg)
-	}
-	t.Skipf("%s is not installed (apt-get install %s)", name, pkg)
-}
-
 func TestDracutShellcheck(t *testing.T) {
-	requireTool(t, "shellcheck", "shellcheck")
+	testutil.RequireTool(t, "shellcheck", "shellcheck")
 	scripts, _ := filepath.Glob(filepath.Join(moduleDir, "*.sh"))
 	if len(scripts) < 3 {
 		t.Fatalf("found only %v", scripts)
@@ -50,7 +39,7 @@ func TestDracutShellcheck(t *testing.T) {
 // overlay of /usr/sbin, where dracut looks for it) and lists them: without systemd the pre-pivot hook, with it
 // the unit wanted by initrd-root-fs.target; both hold the binary and the root script.
 func TestDracutImage(t *testing.T) {
-	requireTool(t, "dracut", "dracut-core")
+	testutil.RequireTool(t, "dracut", "dracut-core")
 	bin := buildStatic(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "dracut")
@@ -86,15 +75,25 @@ echo ALL-OK
 		return string(b)
 	}
 	plain, systemd := read("plain.img.list"), read("systemd.img.list")
-	for _, want := range []string{"usr/sbin/ltsp-unionfs\n", "usr/sbin/ltsp-unionfs-root\n", "hooks/pre-pivot/10-ltsp-unionfs-pre-pivot.sh"} {
+	for _, want := range []string{"usr/sbin/ltsp-unionfs\n", "usr/sbin/ltsp-unionfs-root\n", "hooks/pre-pivot/10-ltsp-unionfs-pre-pivot.sh",
+		"hooks/shutdown/20-ltsp-unionfs-shutdown.sh"} {
 		if !strings.Contains(plain, want) {
 			t.Errorf("the image without systemd lacks %s:\n%s", want, plain)
 		}
 	}
 	for _, want := range []string{"usr/sbin/ltsp-unionfs\n", "usr/sbin/ltsp-unionfs-root\n", "ltsp-unionfs-root.service",
-		"initrd-root-fs.target.wants/ltsp-unionfs-root.service"} {
+		"initrd-root-fs.target.wants/ltsp-unionfs-root.service", "hooks/shutdown/20-ltsp-unionfs-shutdown.sh"} {
 		if !strings.Contains(systemd, want) {
 			t.Errorf("the systemd image lacks %s:\n%s", want, systemd)
+		}
+	}
+	// The root script's tools, which the module installs: a minimal initramfs lacks some of them (Debian's has no
+	// tail, and awk only where a network module brings it).
+	for _, tool := range []string{"awk", "cat", "grep", "mkdir", "mount", "umount", "rm"} {
+		for name, list := range map[string]string{"without systemd": plain, "with systemd": systemd} {
+			if !regexp.MustCompile(`(?m)bin/` + tool + `( |$)`).MatchString(list) {
+				t.Errorf("the image %s lacks %s, which the root script runs", name, tool)
+			}
 		}
 	}
 	if strings.Contains(systemd, "hooks/pre-pivot/10-ltsp-unionfs") {
@@ -104,7 +103,8 @@ echo ALL-OK
 
 // TestDracutRootScript runs the module's root script against a fake new root (a tmpfs mounted in a private mount
 // namespace), as the hook and the unit do: with rd.ltsp.unionfs=1 the root becomes the union (image below,
-// tmpfs of the requested size above); a second run changes nothing; without the switch, or when ltsp-unionfs
+// tmpfs of the requested size above), and the layer mounts keep showing the layers although every mount is
+// shared, as under systemd; a second run changes nothing; without the switch, or when ltsp-unionfs
 // fails, the root is left as it was and nothing stays mounted.
 func TestDracutRootScript(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -124,6 +124,8 @@ func TestDracutRootScript(t *testing.T) {
 root_script=$1 bindir=$2 failbin=$3 dir=$4
 newroot=$dir/sysroot base=$dir/run/initramfs/ltsp
 mkdir -p "$newroot"
+# As under systemd, every mount is shared: a careless bind of the root would receive the union by propagation.
+mount --make-rshared /
 mount -t tmpfs -o mode=0755 image "$newroot"
 mkdir -p "$newroot/etc" && echo image > "$newroot/etc/hello"
 export LTSP_UNIONFS_BASE=$base
@@ -133,7 +135,7 @@ LTSP_UNIONFS_CMDLINE="quiet rd.ltsp.unionfs=0" PATH=$bindir:$PATH sh "$root_scri
 [ "$(fstype "$newroot")" = tmpfs ] || { echo "FAIL: acted without rd.ltsp.unionfs"; exit 1; }
 # ltsp-unionfs fails: undone, the root is as it was.
 LTSP_UNIONFS_CMDLINE="rd.ltsp.unionfs=1" PATH=$failbin:$PATH sh "$root_script" "$newroot" 2> "$dir/err"
-grep -q "booting without the union" "$dir/err" || { echo "FAIL: no warning: $(cat "$dir/err")"; exit 1; }
+grep -q "ltsp-unionfs failed: broken; booting without the union" "$dir/err" || { echo "FAIL: no warning: $(cat "$dir/err")"; exit 1; }
 [ "$(fstype "$newroot")" = tmpfs ] || { echo "FAIL: the root changed after a failure"; exit 1; }
 ! findmnt -n --mountpoint "$base/ro" > /dev/null && ! findmnt -n --mountpoint "$base/rw" > /dev/null ||
 	{ echo "FAIL: layers left mounted after a failure"; exit 1; }
@@ -143,6 +145,8 @@ LTSP_UNIONFS_CMDLINE="ro rd.ltsp.unionfs rd.ltsp.unionfs.size=32M rd.ltsp.unionf
 [ "$(fstype "$newroot")" = fuse.ltsp-unionfs ] || { echo "FAIL: the root is $(fstype "$newroot")"; exit 1; }
 findmnt -n -o OPTIONS --mountpoint "$newroot" | grep -q noatime || { echo "FAIL: rd.ltsp.unionfs.opts ignored"; exit 1; }
 [ "$(cat "$newroot/etc/hello")" = image ] || { echo "FAIL: the image does not show"; exit 1; }
+[ "$(fstype "$base/ro")" = tmpfs ] && [ "$(fstype "$base/rw")" = tmpfs ] ||
+	{ echo "FAIL: the union propagated onto a layer: ro/ is $(fstype "$base/ro"), rw/ is $(fstype "$base/rw")"; exit 1; }
 echo changed > "$newroot/etc/hello"
 [ "$(cat "$base/rw/etc/hello")" = changed ] || { echo "FAIL: the write is not in the tmpfs"; exit 1; }
 [ "$(cat "$base/ro/etc/hello")" = image ] || { echo "FAIL: the image changed"; exit 1; }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // The man pages and completion scripts (gen.go) are checked against the command tree itself, so that a new
@@ -80,7 +82,7 @@ func section(text, name string) string {
 // (and mandoc, if installed) render each without a warning, that each page documents every flag of its command
 // and every exit code in its EXIT STATUS section, and that the main page documents every mount option.
 func TestGenMan(t *testing.T) {
-	requireTool(t, "groff", "groff-base")
+	testutil.RequireTool(t, "groff", "groff-base")
 	dir := filepath.Join(t.TempDir(), "man8")
 	r := runCLI(t, "", "gen", "man", dir)
 	if r.code != 0 || r.stderr != "" || r.stdout != "" {
@@ -198,7 +200,7 @@ func TestGenCompletion(t *testing.T) {
 	}
 	for shell, pkg := range map[string]string{"bash": "bash", "zsh": "zsh", "fish": "fish"} {
 		t.Run(shell+" -n", func(t *testing.T) {
-			requireTool(t, shell, pkg)
+			testutil.RequireTool(t, shell, pkg)
 			if out, err := exec.Command(shell, "-n", scripts[shell]).CombinedOutput(); err != nil || len(out) > 0 {
 				t.Errorf("%s -n: %v: %s", shell, err, out)
 			}
@@ -260,7 +262,7 @@ func contains(list []string, s string) bool {
 // TestMakeInstall runs make install into a DESTDIR and checks the exact list of installed files, their modes,
 // the helper link, and that the completions installed are the ones gen completion writes.
 func TestMakeInstall(t *testing.T) {
-	requireTool(t, "make", "make")
+	testutil.RequireTool(t, "make", "make")
 	dest, build := t.TempDir(), t.TempDir()
 	repo, _ := filepath.Abs(filepath.Join("..", ".."))
 	cmd := exec.Command("make", "-C", repo, "install", "DESTDIR="+dest, "BUILDDIR="+build)

@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/ltsp/ltsp-unionfs/internal/rootdaemon"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/unionfs"
 )
@@ -32,9 +33,9 @@ func runMount(o *mountOptions, notify *notifier) error {
 	}
 	// In an initramfs the daemon serves the future root filesystem: systemd must spare it when it kills
 	// everything at switch_root and shutdown (argv[0] starting with '@'), and SIGTERM must not unmount it.
-	initrd := inInitramfs()
+	initrd := rootdaemon.InInitramfs()
 	if initrd {
-		markArgv0()
+		rootdaemon.MarkSelf()
 	}
 	logw := &logWriter{w: os.Stderr}
 	logger := newLogger(logw)
@@ -101,6 +102,9 @@ func runMount(o *mountOptions, notify *notifier) error {
 		return withCode(exitMount, fmt.Errorf("cannot mount on %s: %w", mnt, mountErrorHint(err)))
 	}
 	unionfs.SpareProcs()
+	if initrd {
+		becomeRootDaemon(logger)
+	}
 	sigs := make(chan os.Signal, 1)
 	if initrd {
 		signal.Notify(sigs, syscall.SIGINT)
@@ -133,6 +137,21 @@ func runMount(o *mountOptions, notify *notifier) error {
 	stopProfiles()
 	logger.Printf("unmounted %s", mnt)
 	return nil
+}
+
+// becomeRootDaemon takes the daemon of the root filesystem out of the reach of whatever stops services and kills
+// processes, before it reports ready: the unit that started it is stopped after switch_root, and a stop kills
+// the unit's cgroup. Neither step is fatal: the union works without them, until the machine does what they
+// guard against, so each failure is logged.
+func becomeRootDaemon(logger interface{ Printf(string, ...any) }) {
+	if moved, err := rootdaemon.LeaveServiceCgroup(); err != nil {
+		logger.Printf("warning: %v: stopping the service that started me will kill the root filesystem", err)
+	} else if len(moved) > 0 {
+		logger.Printf("left the cgroup of the service that started me for %s", strings.Join(moved, ", "))
+	}
+	if err := rootdaemon.ProtectFromOOM(); err != nil {
+		logger.Printf("warning: the OOM killer may pick me when memory runs out: %v", err)
+	}
 }
 
 // fuseMountOptions turns the command's options into go-fuse's. As root the daemon mounts with mount(2) itself

@@ -68,11 +68,22 @@ undo() {
     exit 0
 }
 
+# The layer mounts are private: systemd makes every mount shared, so a bind of $newroot would be a peer of
+# $newroot and receive the union mounted there by propagation, hiding the image it is meant to show.
 mkdir -p "$base/ro" "$base/rw" || undo "cannot create $base"
 mount --bind "$newroot" "$base/ro" || undo "cannot bind $newroot to $base/ro"
+mount --make-private "$base/ro" || undo "cannot make $base/ro a private mount"
 mount -o remount,bind,ro "$base/ro" 2>/dev/null
 mount -t tmpfs -o "mode=0755,size=$size" ltsp-unionfs-rw "$base/rw" || undo "cannot mount a tmpfs of size $size on $base/rw"
-ltsp-unionfs ${opts:+-o "$opts"} -o fsname=ltsp-unionfs "ro=$base/ro" "rw=$base/rw" "$newroot" ||
-    undo "ltsp-unionfs failed"
+mount --make-private "$base/rw" || undo "cannot make $base/rw a private mount"
+# The command returns once the union answers, or fails with a one-line reason, kept for the warning.
+errors="$base/ltsp-unionfs.err"
+if ! ltsp-unionfs ${opts:+-o "$opts"} -o fsname=ltsp-unionfs "ro=$base/ro" "rw=$base/rw" "$newroot" 2> "$errors"; then
+    reason=
+    while IFS= read -r line; do reason=$line; done < "$errors"
+    rm -f "$errors"
+    undo "ltsp-unionfs failed${reason:+: $reason}"
+fi
+rm -f "$errors"
 say "$newroot is a union of $base/ro (read-only) and a tmpfs of size $size"
 exit 0

@@ -20,8 +20,11 @@ installkernel() {
 }
 
 install() {
-    inst_multiple ltsp-unionfs
+    # The program, and every tool its root script runs (not all of them are in every initramfs).
+    inst_multiple ltsp-unionfs awk cat grep mkdir mount umount rm
     inst_script "$moddir/ltsp-unionfs-root.sh" /sbin/ltsp-unionfs-root
+    # In the initramfs of the shutdown (dracut's shutdown module), after the union: unmount the layers.
+    inst_hook shutdown 20 "$moddir/ltsp-unionfs-shutdown.sh"
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/ltsp-unionfs-root.service" "$systemdsystemunitdir/ltsp-unionfs-root.service"
         # Wanted by initrd-root-fs.target (linked directly: systemctl add-wants needs the target in the image).

@@ -42,6 +42,19 @@ func RequireRoot(t testing.TB) {
 	t.Skip("this test needs root")
 }
 
+// RequireTool skips the test when the program name is not installed, or fails it when LTSP_UNIONFS_REQUIRE_FUSE
+// is set: CI installs every tool the tests use (pkg names the Debian package that has it).
+func RequireTool(t testing.TB, name, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err == nil {
+		return
+	}
+	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
+		t.Fatalf("%s is not installed (apt-get install %s; .ci/run does)", name, pkg)
+	}
+	t.Skipf("%s is not installed (apt-get install %s)", name, pkg)
+}
+
 // MountInfo is one line of /proc/self/mountinfo.
 type MountInfo struct {
 	MountPoint string
