@@ -118,6 +118,13 @@ func (o *outcome) judge(console string, poweroffBound time.Duration) {
 	case !strings.Contains(console, o.boot.finalLine()):
 		o.problems = append(o.problems, fmt.Sprintf("the console does not end with the kernel's %q", o.boot.finalLine()))
 	}
+	// Where systemd returns to the initramfs at shutdown, dracut unmounts the old root there: the daemon must
+	// still be alive to serve that unmount (it logs it), spared by every killing spree before.
+	if o.boot.mode == modeUnion {
+		if _, after, ok := strings.Cut(console, "Returning to initrd"); ok && !strings.Contains(after, "ltsp-unionfs: unmounted /sysroot") {
+			o.problems = append(o.problems, "the daemon did not serve the final unmount in the shutdown initramfs")
+		}
+	}
 	for _, line := range strings.Split(console, "\n") {
 		if consoleProblems.MatchString(line) {
 			o.problems = append(o.problems, "console: "+strings.TrimSpace(stripANSI(line)))

@@ -22,7 +22,8 @@ func passingUnion(t0 time.Time) *results {
 }
 
 // goodConsole is how a console ends after a clean poweroff.
-const goodConsole = "[ 1.0] systemd-shutdown[1]: All filesystems unmounted.\nPowering off.\n[ 1.2] reboot: Power down\n"
+const goodConsole = "[ 1.0] systemd-shutdown[1]: Returning to initrd...\n[ 1.1] ltsp-unionfs: unmounted /sysroot\n" +
+	"dracut Warning: Unmounted /oldroot.\nPowering off.\n[ 1.2] reboot: Power down\n"
 
 func TestJudgePassingBoot(t *testing.T) {
 	t0 := time.Now()
@@ -81,6 +82,9 @@ func TestJudgeFailures(t *testing.T) {
 		{"a stop timed out", func(o *outcome) string {
 			return "\x1b[0;1;31mltsp-unionfs-root.service: State 'stop-sigterm' timed out. Killing.\x1b[0m\n"
 		}, "console: ltsp-unionfs-root.service: State 'stop-sigterm' timed out. Killing."},
+		{"the daemon gone before the final unmount", func(o *outcome) string {
+			return strings.Replace(goodConsole, "ltsp-unionfs: unmounted /sysroot", "", 1)
+		}, "the daemon did not serve the final unmount"},
 		{"shutdown could not unmount", func(o *outcome) string {
 			return "dracut Warning: Cannot umount /oldroot\n"
 		}, "console: dracut Warning: Cannot umount /oldroot"},
