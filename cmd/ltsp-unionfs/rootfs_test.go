@@ -174,7 +174,8 @@ echo ALL-OK
 
 // TestInitramfsDaemon starts the daemon where /etc/initrd-release exists (in a private overlay of /etc in a
 // private mount namespace): its command line starts with '@' (systemd spares it; the oracle is systemd's
-// ignore_proc(): uid 0 and '@'), its process name does not, and SIGTERM and SIGHUP leave the mount alone.
+// ignore_proc(): uid 0 and '@'), its process name does not, it leaves the cgroup it was started in, and SIGTERM
+// and SIGHUP leave the mount alone.
 func TestInitramfsDaemon(t *testing.T) {
 	bin := buildStatic(t)
 	if _, err := os.Stat("/etc/initrd-release"); err == nil {
@@ -191,6 +192,22 @@ func TestInitramfsDaemon(t *testing.T) {
 		t.Run(fg, func(t *testing.T) {
 			script := `
 bin=$1 lower=$2 upper=$3 mnt=$4 work=$5 fg=$6
+# On any failure: no daemon, mount or cgroup is left behind (the daemon ignores SIGTERM, SIGINT unmounts).
+service= pid=
+cleanup() {
+	set +e
+	if [ -n "$pid" ]; then
+		kill -INT "$pid" 2> /dev/null
+		for i in $(seq 100); do kill -0 "$pid" 2> /dev/null || break; sleep 0.05; done
+		kill -KILL "$pid" 2> /dev/null
+	fi
+	umount -l "$mnt" 2> /dev/null
+	if [ -n "$service" ]; then
+		echo $$ > "$cg/cgroup.procs"
+		for i in $(seq 50); do rmdir "$service" 2> /dev/null && break; sleep 0.1; done
+	fi
+}
+trap cleanup EXIT
 # /etc gets a private overlay in this namespace: the host's /etc is never touched, so no daemon outside the
 # test ever sees an initramfs.
 mkdir -p "$work/etc"
@@ -198,8 +215,18 @@ mount -t tmpfs tmpfs "$work/etc"
 mkdir "$work/etc/u" "$work/etc/w"
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$work/etc/u,workdir=$work/etc/w" /etc
 touch /etc/initrd-release
+# Started from a "service" cgroup, as a unit of the initrd starts it: the daemon must leave it (systemd kills a
+# stopped unit's cgroup) for init.scope, or the root cgroup where there is none.
+cg=$(findmnt -n -t cgroup2 -o TARGET | head -n 1)
+want=/
+[ -n "$cg" ] && [ -d "$cg/init.scope" ] && want=/init.scope
+if [ -n "$cg" ]; then
+	service=$cg/ltsp-unionfs-test-$$.service
+	mkdir "$service"
+	echo $$ > "$service/cgroup.procs"
+fi
 if [ "$fg" = foreground ]; then
-	"$bin" -f "ro=$lower" "rw=$upper" "$mnt" 2> "$work/log" &
+	"$bin" -f "ro=$lower" "rw=$upper" "$mnt" > "$work/log" 2>&1 &
 	for i in $(seq 100); do findmnt -n "$mnt" > /dev/null && break; sleep 0.05; done
 else
 	"$bin" "ro=$lower" "rw=$upper" "$mnt"
@@ -210,17 +237,28 @@ cmd=$(tr '\0' ' ' < /proc/$pid/cmdline)
 case "$cmd" in @*) ;; *) echo "FAIL: cmdline $cmd"; exit 1 ;; esac
 [ "$(stat -c %u /proc/$pid)" = 0 ] || { echo "FAIL: not root"; exit 1; }
 case "$(cat /proc/$pid/comm)" in @*) echo "FAIL: comm changed"; exit 1 ;; esac
+if [ -n "$service" ]; then
+	echo $$ > "$cg/cgroup.procs"
+	grep -qx "0::$want" /proc/$pid/cgroup || { echo "FAIL: the daemon is in $(grep '^0::' /proc/$pid/cgroup)"; exit 1; }
+	rmdir "$service" || { echo "FAIL: the service cgroup is not empty"; exit 1; }
+	service=
+	echo "left the service cgroup"
+fi
 kill -TERM $pid; kill -HUP $pid; sleep 0.5
 kill -0 $pid || { echo "FAIL: SIGTERM killed the daemon"; exit 1; }
 [ "$(cat "$mnt/hello")" = hello ] || { echo "FAIL: the mount is gone after SIGTERM"; exit 1; }
 umount "$mnt"
 for i in $(seq 100); do kill -0 $pid 2> /dev/null || break; sleep 0.05; done
 ! kill -0 $pid 2> /dev/null || { echo "FAIL: the daemon outlived umount"; exit 1; }
+pid=
 echo ALL-OK
 `
 			out, err := inNamespace(t, false, script, bin, l.lower, l.upper, l.mnt, l.dir, fg)
 			if err != nil || !strings.Contains(out, "ALL-OK") {
 				t.Fatalf("%v\n%s", err, out)
+			}
+			if !strings.Contains(out, "left the service cgroup") {
+				t.Errorf("the cgroup check did not run (no cgroup2 hierarchy):\n%s", out)
 			}
 		})
 	}

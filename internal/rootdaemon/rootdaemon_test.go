@@ -29,22 +29,33 @@ func TestMarked(t *testing.T) {
 	}
 }
 
+// childEnv names the test a copy of the test binary runs as a child: the tests that change the process itself
+// (its command line, its OOM score) do so in a child.
+const childEnv = "ROOTDAEMON_TEST_CHILD"
+
+// inChild runs the calling test again in a child process, which sees childEnv set to its name, and returns what
+// the child printed.
+func inChild(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$")
+	cmd.Env = append(os.Environ(), childEnv+"="+t.Name())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
 // TestMarkSelf runs a copy of the test binary that marks itself and prints its cmdline and comm.
 func TestMarkSelf(t *testing.T) {
-	if os.Getenv("ROOTDAEMON_MARK_CHILD") == "1" {
+	if os.Getenv(childEnv) == t.Name() {
 		MarkSelf()
 		cmdline, _ := os.ReadFile("/proc/self/cmdline")
 		comm, _ := os.ReadFile("/proc/self/comm")
 		fmt.Printf("%s|%s", strings.SplitN(string(cmdline), "\x00", 2)[0], strings.TrimSpace(string(comm)))
 		os.Exit(0)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMarkSelf$")
-	cmd.Env = append(os.Environ(), "ROOTDAEMON_MARK_CHILD=1")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	argv0, comm, _ := strings.Cut(string(out), "|")
+	argv0, comm, _ := strings.Cut(inChild(t), "|")
 	if !strings.HasPrefix(argv0, "@") {
 		t.Errorf("cmdline starts with %q, want '@'", argv0)
 	}
@@ -58,7 +69,7 @@ func TestMarkSelf(t *testing.T) {
 // (The VM boot test checks -1000 on a real client.)
 func TestProtectFromOOM(t *testing.T) {
 	testutil.RequireRoot(t)
-	if os.Getenv("ROOTDAEMON_OOM_CHILD") == "1" {
+	if os.Getenv(childEnv) == t.Name() {
 		if err := ProtectFromOOM(); err != nil {
 			fmt.Printf("error: %v", errors.Is(err, syscall.EACCES))
 			os.Exit(0)
@@ -67,17 +78,12 @@ func TestProtectFromOOM(t *testing.T) {
 		fmt.Print(strings.TrimSpace(string(b)))
 		os.Exit(0)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProtectFromOOM$")
-	cmd.Env = append(os.Environ(), "ROOTDAEMON_OOM_CHILD=1")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := inChild(t)
 	want := "-1000"
 	if !hasCapability(t, unix.CAP_SYS_RESOURCE) {
 		want = "error: true"
 	}
-	if string(out) != want {
+	if out != want {
 		t.Fatalf("ProtectFromOOM in a child: %q, want %q", out, want)
 	}
 }
