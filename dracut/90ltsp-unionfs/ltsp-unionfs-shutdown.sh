@@ -6,6 +6,8 @@
 
 for ltsp_unionfs_layer in /oldsys/run/initramfs/ltsp/ro /oldsys/run/initramfs/ltsp/rw; do
     # Propagation can have stacked the same mount more than once.
-    while umount "$ltsp_unionfs_layer" 2> /dev/null; do :; done
+    while umount "$ltsp_unionfs_layer" 2> /dev/null; do
+        echo "ltsp-unionfs-shutdown: unmounted $ltsp_unionfs_layer" > /dev/kmsg
+    done
 done
 ! grep -q " /oldsys/run/initramfs/ltsp/r[ow] " /proc/mounts
