@@ -22,6 +22,7 @@ var CowCases = map[string]UnionCase{
 	"ChmodChownUtimesLower":        ChmodChownUtimesLower,
 	"TruncateLower":                TruncateLower,
 	"TruncateOnOpenLower":          TruncateOnOpenLower,
+	"TruncateOnReadOnlyOpen":       TruncateOnReadOnlyOpen,
 	"XattrsOnLower":                XattrsOnLower,
 	"UnlinkLower":                  UnlinkLower,
 	"UnlinkThenRecreate":           UnlinkThenRecreate,
@@ -229,6 +230,58 @@ func TruncateOnOpenLower(t *testing.T, u Union) {
 	lowersUnchanged(t, u, before...)
 	mnt = u.Mount(t)
 	wantContent(t, filepath.Join(mnt, "f"), "new")
+}
+
+// TruncateOnReadOnlyOpen: open(O_RDONLY|O_TRUNC), which Linux accepts and which truncates the file (the
+// caller needs write permission), on a lower file, an upper file, a new name with O_CREAT, and through one and
+// two symlinks. Each open succeeds, the file is empty and readable through the descriptor, and the lower files
+// stay as they were.
+func TruncateOnReadOnlyOpen(t *testing.T, u Union) {
+	for _, name := range []string{"lower", "viaone", "viatwo"} {
+		writeFile(t, filepath.Join(u.Lower(0), name), strings.Repeat("x", 5000), 0644)
+	}
+	for target, link := range map[string]string{"viaone": "link1", "link2b": "link2", "viatwo": "link2b"} {
+		if err := os.Symlink(target, filepath.Join(u.Lower(1), link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snapLowers(t, u)
+	mnt := u.Mount(t)
+	writeFile(t, filepath.Join(mnt, "upper"), "upper data", 0644)
+	for _, c := range []struct {
+		open, target string
+		flags        int
+	}{
+		{"lower", "lower", unix.O_RDONLY | unix.O_TRUNC},
+		{"upper", "upper", unix.O_RDONLY | unix.O_TRUNC},
+		{"new", "new", unix.O_RDONLY | unix.O_TRUNC | unix.O_CREAT},
+		{"link1", "viaone", unix.O_RDONLY | unix.O_TRUNC},
+		{"link2", "viatwo", unix.O_RDONLY | unix.O_TRUNC | unix.O_CREAT},
+	} {
+		fd, err := unix.Open(filepath.Join(mnt, c.open), c.flags|unix.O_CLOEXEC, 0644)
+		if err != nil {
+			t.Errorf("open(%s, %#o): %v", c.open, c.flags, err)
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Size != 0 {
+			t.Errorf("%s after open(O_RDONLY|O_TRUNC): size %d (%v), want 0", c.open, st.Size, err)
+		}
+		if n, err := unix.Read(fd, make([]byte, 10)); n != 0 || err != nil {
+			t.Errorf("read from %s after the truncating open: %d bytes, %v", c.open, n, err)
+		}
+		if _, err := unix.Write(fd, []byte("x")); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("write to %s open read-only: %v, want EBADF", c.open, err)
+		}
+		unix.Close(fd)
+		wantContent(t, filepath.Join(mnt, c.target), "")
+	}
+	u.Unmount(t)
+	lowersUnchanged(t, u, before...)
+	mnt = u.Mount(t)
+	for _, name := range []string{"lower", "upper", "new", "viaone", "viatwo"} {
+		wantContent(t, filepath.Join(mnt, name), "")
+	}
 }
 
 // XattrsOnLower: setting and removing xattrs of lower files and directories.
