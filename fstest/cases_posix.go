@@ -2,6 +2,7 @@ package fstest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,8 +36,12 @@ var Cases = map[string]Case{
 	"ReaddirInoMatches":   ReaddirInoMatches,
 	"LargeDirectory":      LargeDirectory,
 	"UnlinkedOpenFile":    UnlinkedOpenFile,
+	"TruncateUnlinked":    TruncateUnlinked,
+	"ChangeUnlinkedFile":  ChangeUnlinkedFile,
+	"ChangeTmpfile":       ChangeTmpfile,
 	"SparseSeekHoleData":  SparseSeekHoleData,
 	"Fallocate":           Fallocate,
+	"FallocateTruncate":   FallocateTruncate,
 	"MmapSharedWrite":     MmapSharedWrite,
 	"DirectoryMtime":      DirectoryMtime,
 	"ExecutableRuns":      ExecutableRuns,
@@ -511,6 +516,180 @@ func UnlinkedOpenFile(t *testing.T, dir string) {
 		t.Errorf("nlink of an unlinked file: %d", st.Nlink)
 	}
 	wantNames(t, dir)
+}
+
+// TruncateUnlinked: programs that keep unlinked temporary files truncate them through the descriptor they still
+// hold (create, write, unlink, ftruncate); every Linux filesystem does it, and fstat shows the new size.
+func TruncateUnlinked(t *testing.T, dir string) {
+	for _, size := range []int64{0, 3, 1 << 20} {
+		p := filepath.Join(dir, "tmp")
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write([]byte(strings.Repeat("data", 1000))); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Errorf("ftruncate(%d) of an unlinked file: %v", size, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size != size {
+			t.Errorf("fstat after ftruncate(%d) of an unlinked file: size %d, %v", size, st.Size, err)
+		}
+		if _, err := f.WriteAt([]byte("x"), 10); err != nil {
+			t.Errorf("write after ftruncate of an unlinked file: %v", err)
+		}
+		f.Close()
+	}
+	wantNames(t, dir)
+}
+
+// changeThroughFd changes a file only through its descriptor fd (open read-write), as programs do with files
+// that have no name: mode, owner, times, size, an xattr, preallocation. Each change must show in fstat.
+func changeThroughFd(t *testing.T, what string, fd int) {
+	t.Helper()
+	check := func(op string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Errorf("%s of %s: %v", op, what, err)
+		}
+	}
+	check("fchmod", unix.Fchmod(fd, 0640))
+	if os.Geteuid() == 0 {
+		check("fchown", unix.Fchown(fd, 123, 456))
+	}
+	check("ftruncate", unix.Ftruncate(fd, 7))
+	if err := unix.Fsetxattr(fd, "user.k", []byte("v"), 0); err != nil && !errors.Is(err, syscall.EOPNOTSUPP) {
+		t.Errorf("fsetxattr of %s: %v", what, err)
+	} else if err == nil {
+		buf := make([]byte, 8)
+		if n, err := unix.Fgetxattr(fd, "user.k", buf); err != nil || string(buf[:n]) != "v" {
+			t.Errorf("fgetxattr of %s: %q, %v", what, buf[:n], err)
+		}
+	}
+	check("fallocate", unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, 0, 8192))
+	ts := []unix.Timespec{{Sec: 1000000000}, {Sec: 1000000000}} // last: the changes above move mtime
+	check("futimens", unix.UtimesNanoAt(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), ts, 0))
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatalf("fstat of %s: %v", what, err)
+	}
+	if st.Mode&07777 != 0640 || st.Size != 7 || st.Mtim.Sec != 1000000000 {
+		t.Errorf("%s after the changes: mode %o size %d mtime %d, want 640, 7, 1000000000", what, st.Mode&07777,
+			st.Size, st.Mtim.Sec)
+	}
+	if os.Geteuid() == 0 && (st.Uid != 123 || st.Gid != 456) {
+		t.Errorf("%s after fchown: owner %d:%d", what, st.Uid, st.Gid)
+	}
+}
+
+// ChangeUnlinkedFile: a file deleted while open (by this process, and through an O_PATH descriptor of another)
+// is still a file: every change through the descriptor works and shows in fstat, and fstat of an O_PATH
+// descriptor works too.
+func ChangeUnlinkedFile(t *testing.T, dir string) {
+	p := filepath.Join(dir, "f")
+	writeFile(t, p, "some data", 0644)
+	fd, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	pathFd, err := unix.Open(p, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pathFd)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	changeThroughFd(t, "an unlinked file", fd)
+
+	// The same for a file another is renamed over (an atomic replace, as editors and package managers do).
+	writeFile(t, p, "old content", 0644)
+	old, err := unix.Open(p, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(old)
+	writeFile(t, p+".new", "new content", 0644)
+	if err := os.Rename(p+".new", p); err != nil {
+		t.Fatal(err)
+	}
+	changeThroughFd(t, "a file renamed over", old)
+	wantContent(t, p, "new content")
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+
+	var st unix.Stat_t
+	if err := unix.Fstat(pathFd, &st); err != nil || st.Size != 7 || st.Nlink != 0 {
+		t.Errorf("fstat of an O_PATH descriptor of the unlinked file: size %d nlink %d, %v", st.Size, st.Nlink, err)
+	}
+	wantNames(t, dir)
+}
+
+// ChangeTmpfile: a file made with O_TMPFILE, which has no name, takes every change through its descriptor,
+// and keeps them when it is given a name.
+func ChangeTmpfile(t *testing.T, dir string) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0600)
+	if err != nil {
+		if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EISDIR) {
+			t.Skipf("no O_TMPFILE here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, []byte("tmpfile data")); err != nil {
+		t.Fatal(err)
+	}
+	changeThroughFd(t, "an O_TMPFILE file", fd)
+	p := filepath.Join(dir, "named")
+	if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, p,
+		unix.AT_SYMLINK_FOLLOW); err != nil {
+		t.Fatalf("linking the O_TMPFILE file: %v", err)
+	}
+	st := lstat(t, p)
+	if st.Mode&07777 != 0640 || st.Size != 7 {
+		t.Errorf("the named O_TMPFILE file: mode %o size %d, want 640 and 7", st.Mode&07777, st.Size)
+	}
+	wantContent(t, p, "tmpfile")
+}
+
+// FallocateTruncate: a file grown with fallocate and truncated again through the same descriptor reports the
+// new size, by stat and by fstat.
+func FallocateTruncate(t *testing.T, dir string) {
+	p := filepath.Join(dir, "f")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const big = 1 << 30
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, big); err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EOPNOTSUPP) {
+			t.Skipf("fallocate of 1 GiB: %v", err)
+		}
+		t.Fatalf("fallocate: %v", err)
+	}
+	if st := lstat(t, p); st.Size != big {
+		t.Fatalf("size %d after fallocate", st.Size)
+	}
+	for _, size := range []int64{0, 4096} {
+		if err := f.Truncate(size); err != nil {
+			t.Fatalf("ftruncate(%d) after fallocate: %v", size, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size != size {
+			t.Errorf("fstat after ftruncate(%d): size %d, %v", size, st.Size, err)
+		}
+		if st := lstat(t, p); st.Size != size {
+			t.Errorf("stat after ftruncate(%d): size %d", size, st.Size)
+		}
+	}
 }
 
 // SparseSeekHoleData writes a file with a hole and finds data and hole with SEEK_DATA and SEEK_HOLE.

@@ -321,7 +321,6 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	sysx.Fstat(fd, &st)
 	child := n.root.newFileNode(up.layer, &st)
 	child.anon = anon
-	child.owned = &fdSet{fds: []int{anon}}
 	f := &file{node: child, fd: s.TakeFd(), flags: unix.O_RDWR, writable: true}
 	fh, fuseFlags := child.register(f, child.obj, 0, st.Mode)
 	ino := n.root.inos.ino(devIno{st.Dev, st.Ino})

@@ -212,7 +212,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	var fd int
 	var err error
 	if anon >= 0 {
-		fd, err = reopen(anon, oflags)
+		fd, err = sysx.Reopen(anon, oflags)
 	} else {
 		dirfd, name, errno := n.locationIn(l)
 		if errno != 0 {
@@ -337,8 +337,6 @@ var _ fs.FilePassthroughFder = (*ptFile)(nil)
 // PassthroughFd - called by go-fuse once, on open: the layer file the kernel registers as backing file.
 func (f *ptFile) PassthroughFd() (int, bool) { return f.current(), true }
 
-// reopen opens the file behind the descriptor fd anew with flags. It is used for files that have no name (made
-// with O_TMPFILE and not yet linked), which only /proc/self/fd reaches.
 // truncateOpened empties the object open as fd with oflags. open(O_RDONLY|O_TRUNC) is valid and truncates (the
 // kernel has checked the caller's write permission), but ftruncate needs a descriptor open for writing: the
 // daemon takes one for the call, and the open file stays read-only.
@@ -346,15 +344,10 @@ func truncateOpened(fd, oflags int) error {
 	if oflags&unix.O_ACCMODE != unix.O_RDONLY {
 		return unix.Ftruncate(fd, 0)
 	}
-	w, err := reopen(fd, unix.O_WRONLY)
+	w, err := sysx.Reopen(fd, unix.O_WRONLY)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(w)
 	return unix.Ftruncate(w, 0)
-}
-
-func reopen(fd int, flags int) (int, error) {
-	// Not O_NOFOLLOW (a caller's open may carry it): the /proc magic link is what is followed.
-	return unix.Open(sysx.FdPath(fd), (flags|unix.O_CLOEXEC)&^unix.O_NOFOLLOW, 0)
 }

@@ -111,7 +111,7 @@ type Node struct {
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
 	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
-	anon     int            // a descriptor of an object with no name (O_TMPFILE), or -1; protected by mu
+	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name: made with O_TMPFILE, or unlinked while the kernel still knew the node; closed at OnForget; -1 if none; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
 }
@@ -172,10 +172,14 @@ func (n *Node) OnForget() {
 	}
 	n.mu.Lock()
 	n.dirs, n.metas = nil, nil
+	anon := n.anon
 	n.anon = -1
 	n.mu.Unlock()
 	if n.owned != nil {
 		n.owned.close()
+	}
+	if anon >= 0 {
+		unix.Close(anon) // no request can use it any more: the kernel forgets a node no request holds
 	}
 }
 
@@ -262,9 +266,16 @@ type dataLoc struct {
 }
 
 // locationIn is location for the object of n in layer l (for a metadata-only copy: its data in a lower layer).
+// An object with no name, or that may have lost it (see anon), is reached by its descriptor and an empty name.
 func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno) {
 	if at := n.dataAt; at != nil && l == at.layer {
 		return at.fd, at.name, 0
+	}
+	n.mu.RLock()
+	anon := n.anon
+	n.mu.RUnlock()
+	if anon >= 0 && l.IsUpper() {
+		return anon, "", 0
 	}
 	p, name := n.parentNode()
 	if p == nil {

@@ -73,6 +73,9 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 		}
 		return 0
 	}
+	if !dir {
+		n.keepUnlinked(up, name)
+	}
 	if below {
 		tmp := whiteout.TempName()
 		moved, err := n.root.format.Hide(d, name, tmp)
@@ -88,6 +91,40 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 		}
 	}
 	return n.removeUpper(up, d, name, dir)
+}
+
+// keepUnlinked is called before the upper non-directory name in directory n is removed. If the kernel still
+// knows the name's node (a process may have it open, or hold an O_PATH descriptor or a mapping of it), the node
+// keeps a descriptor of the object, as the kernel keeps the inode of a deleted file: ftruncate, fchmod, fstat,
+// fsetxattr and the rest then act on the object itself instead of failing because its name is gone.
+func (n *Node) keepUnlinked(up layerDir, name string) {
+	child := asNode(n.GetChild(name))
+	if child == nil || child.isDir() {
+		return
+	}
+	child.mu.RLock()
+	want, kept := child.obj, child.anon >= 0 || !child.layer.IsUpper()
+	child.mu.RUnlock()
+	if kept {
+		return // already reached by a descriptor, or a lower object (whose unlinking leaves it where it is)
+	}
+	fd, err := sysx.Openat(up.fd, name, unix.O_PATH, 0)
+	if err != nil {
+		return
+	}
+	var st unix.Stat_t
+	if sysx.Fstat(fd, &st) != nil || (devIno{st.Dev, st.Ino}) != want {
+		unix.Close(fd)
+		return
+	}
+	child.mu.Lock()
+	if child.anon < 0 && child.obj == want {
+		child.anon, fd = fd, -1
+	}
+	child.mu.Unlock()
+	if fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // removeUpper removes the upper object name, a directory after clearing the markers in it (they hide nothing

@@ -135,6 +135,9 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 
 	replaceMarker := !dst.exists() && dst.whiteout != nil && dst.whiteout.IsUpper()
+	if dst.exists() && dst.found[0].layer.IsUpper() && !dst.isDir() {
+		m.keepUnlinked(mUp, newName) // the object renamed over loses its name, maybe not its users
+	}
 	if dst.exists() && dst.found[0].layer.IsUpper() && dst.isDir() {
 		// Renaming over an empty directory: clear the markers it holds, or rename(2) finds it not empty.
 		if errno := m.clearUpperDir(mUp, mDir, newName); errno != 0 {

@@ -72,9 +72,16 @@ func Utimensat(dirfd int, name string, ts *[2]unix.Timespec) error {
 	return retry(func() error { return unix.UtimesNanoAt(dirfd, name, ts[:], unix.AT_SYMLINK_NOFOLLOW) })
 }
 
-// Truncateat sets the size of the regular file name in dirfd.
+// Truncateat sets the size of the regular file name in dirfd (an empty name means the file dirfd itself, an
+// O_PATH descriptor of it).
 func Truncateat(dirfd int, name string, size int64) error {
-	fd, err := OpenObject(dirfd, name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY) // never a FIFO or device
+	open := func() (int, error) {
+		return OpenObject(dirfd, name, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY) // never a FIFO or device
+	}
+	if name == "" {
+		open = func() (int, error) { return Reopen(dirfd, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_NOCTTY) }
+	}
+	fd, err := open()
 	if err != nil {
 		return err
 	}

@@ -242,6 +242,30 @@ func FdPath(fd int) string {
 	return procFdPrefix + strconv.Itoa(fd)
 }
 
+// Reopen opens the object behind descriptor fd (an O_PATH descriptor, say) anew with flags, through its /proc
+// magic link, which is followed whatever O_NOFOLLOW says. O_NOATIME is dropped where the kernel refuses it (the
+// caller neither owns the file nor has CAP_FOWNER). Without /proc the error is ENOENT.
+func Reopen(fd int, flags int) (int, error) {
+	flags = (flags | unix.O_CLOEXEC) &^ unix.O_NOFOLLOW
+	var nfd int
+	err := retry(func() error {
+		var e error
+		nfd, e = unix.Open(FdPath(fd), flags, 0)
+		return e
+	})
+	if err == syscall.EPERM && flags&unix.O_NOATIME != 0 {
+		err = retry(func() error {
+			var e error
+			nfd, e = unix.Open(FdPath(fd), flags&^unix.O_NOATIME, 0)
+			return e
+		})
+	}
+	if err != nil {
+		return -1, err
+	}
+	return nfd, nil
+}
+
 // OpenObject opens name in dirfd with flags like Openat, but only if it is a regular file or a directory: the name
 // is first reached with O_PATH and checked, then reopened through that descriptor, so a FIFO or device that
 // appears under the name (a racing rename leaves an overlay whiteout, a 0/0 device, under the old name; a user
@@ -261,21 +285,8 @@ func OpenObject(dirfd int, name string, flags int) (int, error) {
 	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFDIR {
 		return -1, syscall.ESTALE
 	}
-	// Not O_NOFOLLOW: the /proc magic link is what is followed.
-	flags = (flags | unix.O_CLOEXEC) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TMPFILE | unix.O_NOFOLLOW)
-	var fd int
-	err = retry(func() error {
-		var e error
-		fd, e = unix.Open(FdPath(pfd), flags, 0)
-		return e
-	})
-	if err == syscall.EPERM && flags&unix.O_NOATIME != 0 {
-		err = retry(func() error {
-			var e error
-			fd, e = unix.Open(FdPath(pfd), flags&^unix.O_NOATIME, 0)
-			return e
-		})
-	}
+	flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_TMPFILE
+	fd, err := Reopen(pfd, flags)
 	if err == syscall.ENOENT {
 		// No /proc: open the name again, without blocking, and accept only the object checked above.
 		fd, err = Openat(dirfd, name, flags|unix.O_NONBLOCK, 0)

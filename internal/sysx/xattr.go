@@ -66,17 +66,13 @@ func useXattrat(name string, call func() (uintptr, syscall.Errno)) (n int, ok bo
 }
 
 // WithFd calls fn with a descriptor of name in dirfd itself (a symlink is not followed; an empty name means the
-// directory dirfd), on which fchmod, fsetxattr and the like act. Only regular files and directories are opened
-// for this; for other types (whose open could have side effects, or is impossible for symlinks) pathFn gets a
-// /proc/self/fd path of an O_PATH descriptor instead, and without /proc the call fails with EOPNOTSUPP.
+// object dirfd itself, a directory or, reached by an O_PATH descriptor, any other object), on which fchmod,
+// fsetxattr and the like act. Only regular files and directories are opened for this; for other types (whose
+// open could have side effects, or is impossible for symlinks) pathFn gets a /proc/self/fd path of an O_PATH
+// descriptor instead, and without /proc the call fails with EOPNOTSUPP.
 func WithFd(dirfd int, name string, fn func(fd int) error, pathFn func(path string) error) error {
 	if name == "" {
-		fd, err := Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return fn(fd)
+		return withSelf(dirfd, fn, pathFn)
 	}
 	pfd, err := Openat(dirfd, name, unix.O_PATH, 0)
 	if err != nil {
@@ -110,6 +106,31 @@ func WithFd(dirfd int, name string, fn func(fd int) error, pathFn func(path stri
 		return syscall.EOPNOTSUPP
 	}
 	return pathFn(path)
+}
+
+// withSelf is WithFd for the object fd itself.
+func withSelf(fd int, fn func(fd int) error, pathFn func(path string) error) error {
+	var st unix.Stat_t
+	if err := Fstat(fd, &st); err != nil {
+		return err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		dfd, err := Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(dfd)
+		return fn(dfd)
+	case unix.S_IFREG:
+		rfd, err := Reopen(fd, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_NOATIME)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(rfd)
+		return fn(rfd)
+	}
+	return pathFn(FdPath(fd))
 }
 
 // Getxattrat reads attribute attr of name in dirfd (an empty name means dirfd itself) into dest and returns its
