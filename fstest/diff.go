@@ -116,9 +116,32 @@ func (op Op) Apply(root string) error {
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
+		var pe *os.PathError
+		if isNeverOK(errno) && errors.As(err, &pe) {
+			return &callError{Errno: errno, Call: pe.Op} // which call failed, for the failure message
+		}
 		return errno
 	}
 	return err
+}
+
+// callError is an errno with the system call that returned it. It reads and compares as the bare errno (the two
+// unions of a run must agree on errors, whichever call reported them); failure messages name the call.
+type callError struct {
+	Errno syscall.Errno
+	Call  string
+}
+
+func (e *callError) Error() string { return e.Errno.Error() }
+func (e *callError) Unwrap() error { return e.Errno }
+
+// describeErr is err for a failure message: with the system call that returned it, where known.
+func describeErr(err error) string {
+	var ce *callError
+	if errors.As(err, &ce) {
+		return fmt.Sprintf("%v (from %s)", ce.Errno, ce.Call)
+	}
+	return fmt.Sprint(err)
 }
 
 // mmapWrite writes data through a shared writable mapping of the file at p, at the place mmapRegion says.

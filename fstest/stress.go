@@ -173,7 +173,7 @@ func runWorker(dir string, ops []Op, m *model) ([]string, []string, map[string]i
 			return errs[:k+1], []string{fmt.Sprintf("step %d %v: %s", k, op, fmt.Sprintf(format, args...))}, ok
 		}
 		if isNeverOK(err) {
-			return fail("error %v, which no operation here may return", err)
+			return fail("error %s, which no operation here may return", describeErr(err))
 		}
 		if err == nil {
 			ok[op.Kind]++

@@ -199,8 +199,15 @@ func (n *Node) copyUp(data bool) syscall.Errno {
 	n.copyMu.Lock()
 	copied, errno := n.copyUpLocked(parent, pup, name, data)
 	n.copyMu.Unlock()
-	if errno != 0 || copied || !data {
+	if errno != 0 {
 		return errno
+	}
+	if copied && pendingData != nil && (data || !n.root.metacopy()) {
+		// A metadata-only copy in a lower layer went up as one (see copyUpLocked); now its data follows.
+		return n.completeData()
+	}
+	if copied || !data {
+		return 0
 	}
 	return n.completeData() // another request made a metadata-only copy meanwhile
 }
@@ -227,7 +234,11 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	if obj != (devIno{src.Stat.Dev, src.Stat.Ino}) {
 		return false, syscall.ESTALE
 	}
-	metaOnly := !data && n.root.metacopy() && src.Stat.Mode&unix.S_IFMT == unix.S_IFREG && src.Stat.Size > 0
+	// A metadata-only copy in a lower layer (the upper layer of an earlier mount) holds no data: it goes up as a
+	// metadata-only copy again, its data still where it was (and where its redirect, copied along, says), and
+	// copyUp completes it.
+	lowerMeta := n.dataLayer() != nil
+	metaOnly := lowerMeta || !data && n.root.metacopy() && src.Stat.Mode&unix.S_IFMT == unix.S_IFREG && src.Stat.Size > 0
 	opts := cow.Options{
 		MetadataOnly: metaOnly,
 		Skip:         whiteout.IsPrivateXattr,
@@ -235,6 +246,11 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	}
 	if metaOnly {
 		opts.Extra[n.root.metacopyXattr()] = nil
+	}
+	if lowerMeta {
+		if rd := n.root.readRedirect(lower.fd, name); rd != "" {
+			opts.Extra[n.root.redirectXattr()] = []byte(rd)
+		}
 	}
 	restore := keepTimes(pup.fd) // before Build: without O_TMPFILE it names its temporary file in pup
 	s, err := cow.Build(src, pup.fd, opts)
@@ -269,7 +285,7 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	}
 	n.mu.Lock()
 	n.layer, n.obj = pup.layer, devIno{st.Dev, st.Ino}
-	if metaOnly {
+	if metaOnly && !lowerMeta {
 		n.data, n.dataObj = l, obj
 	}
 	n.mu.Unlock()
@@ -278,6 +294,13 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 	}
 	n.attrsChanged()
 	return true, 0
+}
+
+// dataLayer returns the layer holding the data of n if n is a metadata-only copy, else nil.
+func (n *Node) dataLayer() *Layer {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.data
 }
 
 // copyUpTruncated makes sure the non-directory n lives in the upper layer for an open that truncates it: only

@@ -1,16 +1,58 @@
 package unionfs
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
 
 	"github.com/ltsp/ltsp-unionfs/fstest"
 )
 
+// unexpectedReplies describes the error replies of every mount of u so far that a program should never see:
+// ESTALE other than to make the kernel look a copied-up name up again (staleRetries, which it retries away), and
+// each of the other errnos named.
+func unexpectedReplies(u *testUnion, errnos ...string) []string {
+	var msgs []string
+	for i, r := range u.roots { // a case may mount the same layers several times
+		s := r.Stats()
+		if n := s.Replies["ESTALE"]; n > s.StaleRetries {
+			msgs = append(msgs, fmt.Sprintf("mount %d replied ESTALE %d times, %d of them to retry after a copy-up",
+				i+1, n, s.StaleRetries))
+		}
+		for _, e := range errnos {
+			if n := s.Replies[e]; n > 0 {
+				msgs = append(msgs, fmt.Sprintf("mount %d replied %s %d times", i+1, e, n))
+			}
+		}
+	}
+	return msgs
+}
+
+// noUnexpectedReplies fails t, at its end, if u told the kernel ESTALE (but to retry after a copy-up), EIO or
+// EINVAL. The batteries below pass on kernel overlayfs, which never says these in them; a program must not see
+// them from the union either.
+func noUnexpectedReplies(t *testing.T, u *testUnion) *testUnion {
+	t.Cleanup(func() {
+		for _, m := range unexpectedReplies(u, "EIO", "EINVAL") {
+			t.Error(m)
+		}
+	})
+	return u
+}
+
 // TestUnionCases runs the union battery, validated on kernel overlayfs in package fstest, on ltsp-unionfs.
 func TestUnionCases(t *testing.T) {
-	fstest.RunUnion(t, fstest.UnionCases, func(t *testing.T) fstest.Union { return newTestUnion(t, 2) }, fstest.Config{})
+	fstest.RunUnion(t, fstest.UnionCases, func(t *testing.T) fstest.Union {
+		return noUnexpectedReplies(t, newTestUnion(t, 2))
+	}, fstest.Config{})
 }
 
 // inProcessSkips are cases a union served by the test process itself cannot run: a page fault on a mapping of a
@@ -23,7 +65,9 @@ var inProcessSkips = fstest.Config{Skip: map[string]string{
 
 // TestPosixCases runs the POSIX battery in the root of a union over two empty lowers.
 func TestPosixCases(t *testing.T) {
-	fstest.Run(t, fstest.Cases, func(t *testing.T) string { return newTestUnion(t, 2).Mount(t) }, inProcessSkips)
+	fstest.Run(t, fstest.Cases, func(t *testing.T) string {
+		return noUnexpectedReplies(t, newTestUnion(t, 2)).Mount(t)
+	}, inProcessSkips)
 }
 
 // TestGoFusePosix runs go-fuse's posixtest cases in the root of a union over two empty lowers.
@@ -53,10 +97,47 @@ func TestCowCases(t *testing.T) {
 	for _, format := range []string{"overlay", "aufs", "unionfs-fuse"} {
 		t.Run(format, func(t *testing.T) {
 			fstest.RunUnion(t, fstest.CowCases, func(t *testing.T) fstest.Union {
-				u := newTestUnion(t, 2)
+				u := noUnexpectedReplies(t, newTestUnion(t, 2))
 				u.cfg.Whiteout = format
 				return u
 			}, fstest.Config{})
 		})
+	}
+}
+
+// TestRepliesCounted checks the counter of error replies the batteries rely on: an rmdir of a directory that is
+// not empty is one ENOTEMPTY reply, an ioctl one ENOTTY; both show in the stats xattr. (A lookup of a missing name
+// is no error reply: go-fuse answers it with a negative entry, which the kernel caches.)
+func TestRepliesCounted(t *testing.T) {
+	u := newTestUnion(t, 1)
+	mnt := u.Mount(t)
+	before := u.root.Stats().Replies
+	if err := os.MkdirAll(filepath.Join(mnt, "d", "sub"), 0755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Rmdir(filepath.Join(mnt, "d")); !errors.Is(err, syscall.ENOTEMPTY) {
+		t.Fatalf("rmdir of a directory that is not empty: %v", err)
+	}
+	f, err := os.Create(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS); !errors.Is(err, syscall.ENOTTY) {
+		t.Fatalf("FS_IOC_GETFLAGS: %v, want ENOTTY", err)
+	}
+	after := u.root.Stats().Replies
+	for _, e := range []string{"ENOTEMPTY", "ENOTTY"} {
+		if after[e] != before[e]+1 {
+			t.Errorf("%s replies: %d before, %d after one more", e, before[e], after[e])
+		}
+	}
+	out, err := execCommand("getfattr", "--only-values", "-n", StatsXattr, mnt).Output()
+	if err != nil {
+		t.Fatalf("getfattr: %v", err)
+	}
+	var s Stats
+	if err := json.Unmarshal(out, &s); err != nil || s.Replies["ENOTEMPTY"] != 1 {
+		t.Errorf("the stats xattr does not hold the ENOTEMPTY reply (%v): %s", err, out)
 	}
 }

@@ -25,7 +25,7 @@ type probe struct {
 	opacity  whiteout.Opacity // directories with a layer below: their opacity
 	redirect string           // directories with a layer below: their redirect xattr, as found
 	origin   *devIno          // upper non-directories copied up: the identity of the lower original
-	metacopy bool             // upper regular files that are metadata-only copies
+	metacopy bool             // regular files that are metadata-only copies (in the upper layer, or in a lower layer that was the upper one of an earlier mount)
 }
 
 // resolution is what a name means in the merged view.
@@ -132,12 +132,23 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 			break
 		}
 		isDir := p.st.Mode&unix.S_IFMT == unix.S_IFDIR
+		// A lower layer may be the upper layer of an earlier mount (layers rotated down): its regular files
+		// may be metadata-only copies too, whose data lies further down. (Their origin marks name layers of
+		// that mount, not of this one: only the upper layer's are read.)
+		if !isDir && !l.IsUpper() && li < len(layers)-1 && p.st.Mode&unix.S_IFMT == unix.S_IFREG {
+			r.readMetacopyMark(&p)
+		}
 		if len(res.found) > 0 && res.found[0].metacopy {
-			// The data of a metadata-only copy: the next non-directory below it.
-			if !isDir {
-				res.data = &p
+			// The data of a metadata-only copy: the next non-directory below it that is not one itself.
+			if isDir {
+				break
 			}
-			break
+			if !p.metacopy {
+				res.data = &p
+				break
+			}
+			target, absPath = r.followDataRedirect(dirfd, target, absPath, res)
+			continue
 		}
 		if len(res.found) > 0 && !isDir {
 			break // a non-directory below a directory is hidden
@@ -148,15 +159,7 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 			}
 			res.found = append(res.found, p)
 			if p.metacopy {
-				// The data is found as a redirect says, or under the copy's own name.
-				switch rd := r.readRedirect(dirfd, target); {
-				case strings.HasPrefix(rd, "/"):
-					if comps := splitPath(rd); len(comps) > 0 {
-						absPath, res.dataMoved = comps, true
-					}
-				case rd != "" && sysx.CheckName(rd) == nil:
-					target, res.dataMoved = rd, true
-				}
+				target, absPath = r.followDataRedirect(dirfd, target, absPath, res)
 				continue
 			}
 			break
@@ -289,15 +292,44 @@ func (r *Root) readCopyUpMarks(p *probe) {
 		p.origin = r.parseOrigin(string(v))
 	}
 	if p.st.Mode&unix.S_IFMT == unix.S_IFREG {
-		if _, err := sysx.Getxattrat(p.dirfd, p.name, r.metacopyXattr(), nil); err == nil {
-			p.metacopy = true
-		}
+		r.readMetacopyMark(p)
 	}
+}
+
+// readMetacopyMark sets p.metacopy if the regular file p is a metadata-only copy.
+func (r *Root) readMetacopyMark(p *probe) {
+	if _, err := sysx.Getxattrat(p.dirfd, p.name, r.metacopyXattr(), nil); err == nil {
+		p.metacopy = true
+	}
+}
+
+// followDataRedirect returns where the layers below a metadata-only copy (name in dirfd) hold its data: as its
+// redirect says (kernel overlayfs writes one when it renames such a copy), else under the same name. It returns
+// the name to look for next and the absolute path to walk in each layer (nil if none), given the current ones.
+func (r *Root) followDataRedirect(dirfd int, name string, absPath []string, res *resolution) (string, []string) {
+	switch rd := r.readRedirect(dirfd, name); {
+	case strings.HasPrefix(rd, "/"):
+		if comps := splitPath(rd); len(comps) > 0 {
+			res.dataMoved = true
+			return name, comps
+		}
+	case rd != "" && sysx.CheckName(rd) == nil:
+		res.dataMoved = true
+		if absPath != nil { // a name beside the copy, on the path being walked
+			return rd, append(append([]string{}, absPath[:len(absPath)-1]...), rd)
+		}
+		return rd, nil
+	}
+	return name, absPath
 }
 
 // originXattr and metacopyXattr name the union's marks in its private namespace.
 func (r *Root) originXattr() string   { return r.priv + "ltsp.origin" }
 func (r *Root) metacopyXattr() string { return r.priv + "metacopy" }
+
+// redirectXattr names the redirect mark of a metadata-only copy whose data is under another name (see
+// followDataRedirect), in the union's private namespace.
+func (r *Root) redirectXattr() string { return r.priv + "redirect" }
 
 // formatOrigin encodes the identity of a lower object as the origin mark of its copy: the lower layer's index
 // and the inode number, which stay the same across mounts of the same layers.
@@ -475,14 +507,19 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 // absRedirect returns the absolute lower path a directory resolution was redirected to, or "" if its lower
 // directories are found by its own name.
 func (r *Root) absRedirect(parent *Node, res *resolution) string {
-	for _, p := range res.found {
-		switch {
-		case p.redirect == "":
-		case strings.HasPrefix(p.redirect, "/"):
-			return "/" + strings.Join(splitPath(p.redirect), "/")
-		default:
-			return joinPath(parent.lowerPath(), p.redirect)
-		}
+	// Only the upper layer's redirect counts: a redirect in a lower layer (the upper layer of an earlier mount)
+	// says where that layer's directory continues further down, and the lookup follows it there, but the
+	// directory's content still starts at its own path in the topmost lower layer. A rename must record that
+	// path, or the content of the layers in between is lost (overlayfs does the same).
+	if len(res.found) == 0 || !res.found[0].layer.IsUpper() {
+		return ""
+	}
+	switch p := res.found[0]; {
+	case p.redirect == "":
+	case strings.HasPrefix(p.redirect, "/"):
+		return "/" + strings.Join(splitPath(p.redirect), "/")
+	default:
+		return joinPath(parent.lowerPath(), p.redirect)
 	}
 	return ""
 }

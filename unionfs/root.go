@@ -241,7 +241,8 @@ func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
 		splice.Done(p)
 	}
 	opts := r.FSOptions()
-	server, err := fuse.NewServer(newHandleFreeDirs(fs.NewNodeFS(r, opts)), mountpoint, &opts.MountOptions)
+	server, err := fuse.NewServer(newReplyCounter(newHandleFreeDirs(fs.NewNodeFS(r, opts)), &r.stats), mountpoint,
+		&opts.MountOptions)
 	if err != nil {
 		return nil, err
 	}

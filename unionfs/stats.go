@@ -59,17 +59,18 @@ var opNames = [opCount]string{"lookup", "getattr", "setattr", "readlink", "open"
 // stats are the daemon's counters. All fields are updated atomically.
 type stats struct {
 	ops              [opCount]atomic.Uint64
-	lowerLookups     atomic.Uint64 // name lookups in lower layer directories
-	upperLookups     atomic.Uint64 // name lookups in upper layer directories
-	layerReaddirs    atomic.Uint64 // layer directories read for merged listings
-	copyUps          atomic.Uint64 // non-directories copied up with their data
-	copyUpBytes      atomic.Uint64 // data bytes those copies hold (holes excluded)
-	metaCopyUps      atomic.Uint64 // metadata-only copies
-	dirCopyUps       atomic.Uint64 // directories copied up
-	passthroughOpens atomic.Uint64 // opens served by FUSE passthrough (reads and writes bypass the daemon)
-	cachedOpens      atomic.Uint64 // opens served through the daemon and the kernel's page cache
-	staleRetries     atomic.Uint64 // opens answered ESTALE so that the kernel looks a copied-up name up again
-	errors           [256]atomic.Uint64
+	lowerLookups     atomic.Uint64      // name lookups in lower layer directories
+	upperLookups     atomic.Uint64      // name lookups in upper layer directories
+	layerReaddirs    atomic.Uint64      // layer directories read for merged listings
+	copyUps          atomic.Uint64      // non-directories copied up with their data
+	copyUpBytes      atomic.Uint64      // data bytes those copies hold (holes excluded)
+	metaCopyUps      atomic.Uint64      // metadata-only copies
+	dirCopyUps       atomic.Uint64      // directories copied up
+	passthroughOpens atomic.Uint64      // opens served by FUSE passthrough (reads and writes bypass the daemon)
+	cachedOpens      atomic.Uint64      // opens served through the daemon and the kernel's page cache
+	staleRetries     atomic.Uint64      // opens answered ESTALE so that the kernel looks a copied-up name up again
+	errors           [256]atomic.Uint64 // errors that came from a layer, by errno
+	replies          [256]atomic.Uint64 // every error reply sent to the kernel, by errno (replyCounter)
 }
 
 // count records one request of operation o.
@@ -97,7 +98,8 @@ type Stats struct {
 	CachedOpens      uint64            `json:"cached_opens"`
 	StaleRetries     uint64            `json:"stale_retries"`
 	Passthrough      bool              `json:"passthrough"`
-	Errors           map[string]uint64 `json:"errors"`
+	Errors           map[string]uint64 `json:"errors"`  // errors that came from a layer, by errno
+	Replies          map[string]uint64 `json:"replies"` // every error reply sent to the kernel, by errno
 	// Health of the daemon process, for spotting leaks: its goroutines, open descriptors and resident memory.
 	Goroutines int    `json:"goroutines"`
 	OpenFiles  int    `json:"open_files"`
@@ -107,7 +109,7 @@ type Stats struct {
 // Stats returns a snapshot of the counters.
 func (r *Root) Stats() Stats {
 	s := &r.stats
-	out := Stats{Requests: map[string]uint64{}, Errors: map[string]uint64{},
+	out := Stats{Requests: map[string]uint64{}, Errors: map[string]uint64{}, Replies: map[string]uint64{},
 		LowerLookups: s.lowerLookups.Load(), UpperLookups: s.upperLookups.Load(), LayerReaddirs: s.layerReaddirs.Load(),
 		CopyUps: s.copyUps.Load(), CopyUpBytes: s.copyUpBytes.Load(), MetadataCopyUps: s.metaCopyUps.Load(),
 		DirCopyUps: s.dirCopyUps.Load(), PassthroughOpens: s.passthroughOpens.Load(), CachedOpens: s.cachedOpens.Load(),
@@ -122,6 +124,9 @@ func (r *Root) Stats() Stats {
 	for i := range s.errors {
 		if v := s.errors[i].Load(); v > 0 {
 			out.Errors[errnoName(syscall.Errno(i))] = v
+		}
+		if v := s.replies[i].Load(); v > 0 {
+			out.Replies[errnoName(syscall.Errno(i))] = v
 		}
 	}
 	return out
@@ -171,4 +176,6 @@ var errnoNames = map[syscall.Errno]string{
 	syscall.ENODATA: "ENODATA", syscall.ESTALE: "ESTALE", syscall.EDQUOT: "EDQUOT", syscall.ENOTSUP: "EOPNOTSUPP",
 	syscall.EMFILE: "EMFILE", syscall.ENFILE: "ENFILE", syscall.ENOMEM: "ENOMEM", syscall.ERANGE: "ERANGE",
 	syscall.EBUSY: "EBUSY", syscall.EMLINK: "EMLINK", syscall.ETXTBSY: "ETXTBSY", syscall.EFBIG: "EFBIG",
+	syscall.ENOSYS: "ENOSYS", syscall.ENOTTY: "ENOTTY", syscall.EINTR: "EINTR", syscall.EAGAIN: "EAGAIN",
+	syscall.E2BIG: "E2BIG", syscall.ENXIO: "ENXIO", syscall.ENOTCONN: "ENOTCONN",
 }

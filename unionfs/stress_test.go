@@ -64,7 +64,8 @@ func stressOnce(t *testing.T, pair fstest.DiffPair, format string, cfg fstest.St
 	if len(got.Failures) > 0 {
 		t.Errorf("the union broke the model:\n%s", strings.Join(got.Failures, "\n"))
 		if u, ok := sut.(*testUnion); ok {
-			t.Logf("errors the daemon returned: %v", u.root.Stats().Errors)
+			s := u.root.Stats()
+			t.Logf("error replies the daemon sent: %v (layer errors among them: %v)", s.Replies, s.Errors)
 		}
 		shrinkWorker(t, pair, got)
 		return
@@ -72,6 +73,12 @@ func stressOnce(t *testing.T, pair fstest.DiffPair, format string, cfg fstest.St
 	if d := fstest.CompareStressErrors(want, got); d != "" {
 		t.Errorf("the union and overlayfs disagree:\n%s", d)
 		return
+	}
+	// EINVAL is not checked here: the workers try invalid operations, and overlayfs's errors were compared.
+	if u, ok := sut.(*testUnion); ok {
+		for _, m := range unexpectedReplies(u, "EIO") {
+			t.Error(m)
+		}
 	}
 	opt := fstest.DiffCompare
 	opt.IgnoreDirNlink = pair.IgnoreDirNlink

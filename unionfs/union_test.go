@@ -23,7 +23,8 @@ type testUnion struct {
 	mnt    string
 	cfg    Config
 	server *fuse.Server
-	root   *Root // the mounted union's root, for its counters
+	root   *Root   // the mounted union's root, for its counters
+	roots  []*Root // every root mounted so far, the current one last: the counters of each mount
 }
 
 // newTestUnion makes layer directories for a union of nLowers lowers; nothing is mounted yet.
@@ -88,6 +89,7 @@ func (u *testUnion) Mount(t *testing.T) string {
 		t.Fatalf("New: %v", err)
 	}
 	u.root = root
+	u.roots = append(u.roots, root)
 	u.server, err = Mount(u.mnt, root)
 	if err != nil {
 		layers.Close()

@@ -42,6 +42,11 @@ const (
 )
 
 func main() {
+	os.Exit(run())
+}
+
+// run is the whole test; it returns the exit code, so that its deferred cleanups (the servers) always run.
+func run() int {
 	bootsFlag := flag.String("boots", "all", "comma-separated boots to run: "+bootNames())
 	cache := flag.String("cache", "/var/cache/ltsp-unionfs-vmtest", "directory for the base image, kept between runs")
 	work := flag.String("work", "", "directory for this run's image and logs (default: a new one under /var/tmp)")
@@ -59,23 +64,23 @@ func main() {
 		fmt.Printf("vmtest: "+format+"\n", args...)
 	}
 	if os.Geteuid() != 0 {
-		fatal(exitSetup, "vmtest needs root (debootstrap, chroot, mounts)")
+		return fail(exitSetup, "vmtest needs root (debootstrap, chroot, mounts)")
 	}
 	boots, err := selectBoots(*bootsFlag)
 	if err != nil {
-		fatal(exitSetup, err.Error())
+		return fail(exitSetup, err.Error())
 	}
 	for _, tool := range []string{qemuBinary, "nbdkit", "ganesha.nfsd", "debootstrap", "mksquashfs", "dpkg-deb",
 		"unshare", "make"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			fatal(exitSetup, fmt.Sprintf("%s is missing: `make vm-test` installs the tools", tool))
+			return fail(exitSetup, fmt.Sprintf("%s is missing: `make vm-test` installs the tools", tool))
 		}
 	}
 	start := time.Now()
 	if *work == "" {
 		*work, err = os.MkdirTemp("/var/tmp", "ltsp-unionfs-vmtest-")
 		if err != nil {
-			fatal(exitSetup, err.Error())
+			return fail(exitSetup, err.Error())
 		}
 	}
 	*work, _ = filepath.Abs(*work)
@@ -83,11 +88,11 @@ func main() {
 
 	base, err := baseImage(*cache, baseRecipe, logf)
 	if err != nil {
-		fatal(exitSetup, "base image: "+err.Error())
+		return fail(exitSetup, "base image: "+err.Error())
 	}
 	img, err := buildImage(base, *repo, *work, logf)
 	if err != nil {
-		fatal(exitSetup, "image: "+err.Error())
+		return fail(exitSetup, "image: "+err.Error())
 	}
 
 	o := vmOptions{accel: *accel, memoryMiB: *memory, waitUptime: *wait, extraArgs: *appendArgs,
@@ -106,15 +111,14 @@ func main() {
 	srv := servers{nfsPath: nfsPseudoPath}
 	nbd, port, err := startNBD(img.squashfs, *work)
 	if err != nil {
-		fatal(exitSetup, "NBD server: "+err.Error())
+		return fail(exitSetup, "NBD server: "+err.Error())
 	}
 	defer nbd.stop()
 	srv.nbdPort = port
 	if needsNFS(boots) {
 		nfs, port, err := startNFS(img.tree, *work)
 		if err != nil {
-			nbd.stop()
-			fatal(exitSetup, "NFS server: "+err.Error())
+			return fail(exitSetup, "NFS server: "+err.Error())
 		}
 		defer nfs.stop()
 		srv.nfsPort = port
@@ -147,12 +151,13 @@ func main() {
 	fmt.Printf("vmtest: %d boots in %v (logs: %s)\n", len(outcomes), time.Since(start).Round(time.Second), *work)
 	if failed {
 		fmt.Println("vmtest: FAILED")
-		os.Exit(exitFailed)
+		return exitFailed
 	}
 	if !*keep {
 		os.RemoveAll(*work)
 	}
 	fmt.Println("vmtest: all boots passed")
+	return 0
 }
 
 func needsNFS(boots []boot) bool {
@@ -213,7 +218,8 @@ func report(outcomes []*outcome) bool {
 	return failed
 }
 
-func fatal(code int, msg string) {
+// fail prints msg and returns code.
+func fail(code int, msg string) int {
 	fmt.Fprintln(os.Stderr, "vmtest: "+msg)
-	os.Exit(code)
+	return code
 }

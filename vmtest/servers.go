@@ -17,24 +17,24 @@ import (
 
 // server is a daemon the harness started, stopped by stop.
 type server struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
+	name   string
+	cmd    *exec.Cmd
+	log    string
+	exited chan struct{} // closed once the process has exited (and been reaped)
 }
 
-// stop ends the server: SIGTERM, then SIGKILL if it does not exit within five seconds.
+// stop ends the server: SIGTERM, then SIGKILL if it has not exited within five seconds (nfs-ganesha can take
+// longer to shut down than the harness wants to wait).
 func (s *server) stop() {
-	if s == nil || s.cmd.Process == nil {
+	if s == nil {
 		return
 	}
 	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-s.exited:
 	case <-time.After(5 * time.Second):
 		s.cmd.Process.Kill()
-		<-done
+		<-s.exited
 	}
 }
 
@@ -61,9 +61,9 @@ func startServer(name string, port int, logPath string, argv ...string) (*server
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	s := &server{name: name, cmd: cmd, log: logPath}
 	exited := make(chan struct{})
-	go func() { cmd.Process.Wait(); close(exited) }()
+	go func() { cmd.Wait(); close(exited) }()
+	s := &server{name: name, cmd: cmd, log: logPath, exited: exited}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {

@@ -79,6 +79,10 @@ func printStats(w io.Writer, st unionfs.Stats) {
 		st.Goroutines, st.OpenFiles, float64(st.RSSBytes)/(1<<20))
 	fmt.Fprintln(w, "requests:")
 	printCounts(w, st.Requests)
+	if len(st.Replies) > 0 {
+		fmt.Fprintln(w, "error replies (what programs were told):")
+		printCounts(w, st.Replies)
+	}
 	if len(st.Errors) > 0 {
 		fmt.Fprintln(w, "layer errors:")
 		printCounts(w, st.Errors)
