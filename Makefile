@@ -81,7 +81,7 @@ staticcheck:
 # this run's directory is checked: a mount left by some other run on the machine (an interrupted one) is not
 # this run's failure. The directory is removed when nothing is left mounted in it.
 gotest:
-	@dir=$$(mktemp -d /tmp/ltsp-unionfs-test.XXXXXX) && chmod 755 $$dir || exit 1; \
+	@dir=$$(mktemp -d /tmp/lut.XXXXXX) && chmod 755 $$dir || exit 1; \
 	echo "CGO_ENABLED=1 TMPDIR=$$dir $(GO) test -race -count=1 -p 1 -timeout 20m ./..."; \
 	CGO_ENABLED=1 TMPDIR=$$dir $(GO) test -race -count=1 -p 1 -timeout 20m ./...; rc=$$?; \
 	left=$$(awk -v d="$$dir/" 'index($$2, d) == 1' /proc/self/mounts); \

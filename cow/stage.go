@@ -2,7 +2,6 @@ package cow
 
 import (
 	"errors"
-	"fmt"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -202,17 +201,7 @@ func (s *Staged) TakeFd() int {
 	return fd
 }
 
-// linkFd links the open unnamed file fd as name in dirfd. linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH;
-// without it the /proc/self/fd path with AT_SYMLINK_FOLLOW does the same.
+// linkFd links the open unnamed file fd as name in dirfd.
 func linkFd(fd, dirfd int, name string) error {
-	err := unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH)
-	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPERM) {
-		if err2 := unix.Linkat(unix.AT_FDCWD, sysx.FdPath(fd), dirfd, name,
-			unix.AT_SYMLINK_FOLLOW); err2 == nil {
-			return nil
-		} else if !errors.Is(err2, syscall.ENOENT) {
-			return fmt.Errorf("link %s: %w", name, err2)
-		}
-	}
-	return err
+	return sysx.LinkObject(fd, dirfd, name)
 }

@@ -721,7 +721,7 @@ func OpenReaderSurvivesCopyUp(t *testing.T, u Union) {
 func SpecialFilesCopyUp(t *testing.T, u Union) {
 	unix.Mkfifo(filepath.Join(u.Lower(0), "fifo"), 0644)
 	fd, _ := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
-	unix.Bind(fd, &unix.SockaddrUnix{Name: filepath.Join(u.Lower(1), "sock")})
+	bindSocket(fd, filepath.Join(u.Lower(1), "sock"))
 	unix.Close(fd)
 	names := []string{"fifo", "sock"}
 	if os.Geteuid() == 0 {

@@ -384,7 +384,7 @@ func SpecialFiles(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
+	if err := bindSocket(fd, sock); err != nil {
 		t.Fatalf("bind: %v", err)
 	}
 	if st := lstat(t, sock); st.Mode&unix.S_IFMT != unix.S_IFSOCK {

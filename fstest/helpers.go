@@ -3,6 +3,7 @@ package fstest
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,17 @@ func wantAbsent(t *testing.T, path string) {
 }
 
 // lstat stats path, failing the test on error.
+// bindSocket binds the Unix socket fd to path, which may be longer than a socket address allows (108 bytes): it is
+// reached through a /proc/self/fd path of its directory.
+func bindSocket(fd int, path string) error {
+	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	return unix.Bind(fd, &unix.SockaddrUnix{Name: fmt.Sprintf("/proc/self/fd/%d/%s", dir, filepath.Base(path))})
+}
+
 func lstat(t *testing.T, path string) unix.Stat_t {
 	t.Helper()
 	var st unix.Stat_t

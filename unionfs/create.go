@@ -262,7 +262,7 @@ func (n *Node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	var err error
 	if anon >= 0 {
-		err = unix.Linkat(anon, "", p.up.fd, dest, unix.AT_EMPTY_PATH)
+		err = sysx.LinkObject(anon, p.up.fd, dest)
 	} else {
 		tdir, tname, errno := t.location()
 		if errno != 0 {

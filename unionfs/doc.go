@@ -24,6 +24,31 @@
 // topmost object is used. readdir reports the same numbers as stat. Like overlayfs, a merged directory reports
 // st_nlink 1.
 //
+// # Identity: nodes, names and open modes
+//
+// A directory node holds descriptors of its layer directories, so it is found wherever it moves. A non-directory
+// node is reached by its parent's layer directory and its name, with two exceptions that keep a descriptor of the
+// upper object instead (Node.anon): a file that lost its name while the kernel knew it (unlinked, renamed over,
+// O_TMPFILE), and a regular file that was renamed. The second exists because go-fuse moves a node in its tree
+// only after Rename returns; in between, the node's name still says where the file was. Requests that find the
+// name gone re-read where the node is and try again there (openIn, statSelf, Setattr), so a rename racing with
+// an open through a descriptor (/proc/self/fd, fanotify) or an fchmod is never seen as ESTALE or ENOENT.
+//
+// With FUSE passthrough the kernel keeps one I/O mode (page cache or passthrough) and one backing file per inode
+// while any descriptor of it is open; an open that breaks either fails with EIO. The node counts its live opens
+// by mode and hands out what fits (register): passthrough while passthrough opens are live, cached while cached
+// ones are. Releases reach the daemon after the kernel has dropped the file, so the daemon's counts never show
+// fewer opens than the kernel's; serialOpens keeps go-fuse's backing-file bookkeeping in step with them.
+//
+// One case cannot be served on the same inode: an open for writing of a lower file that passthrough readers hold
+// open. The copy-up gives the file a new object, the readers' backing file is the lower one, and the kernel
+// refuses a second. Open then answers ESTALE after marking the node stale; the kernel's open path (do_filp_open)
+// retries once with LOOKUP_REVAL, the lookup makes a new node for the name (same inode number, later
+// generation), and the retried open lands there. The old descriptors keep reading the lower file, as overlayfs's
+// do. This retry is the only ESTALE a program's open relies on; Stats.StaleRetries counts it, and the tests check
+// that the program never sees it (TestPassthroughConcurrentOpens; TestStaleRetryUnderEviction, while caches are
+// being dropped).
+//
 // # Changes
 //
 // Every change lands in the upper layer (create.go, remove.go, rename.go, setattr.go). A lower object is copied up

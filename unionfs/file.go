@@ -191,16 +191,15 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		}
 	}
 	n.mu.RLock()
-	l, obj, anon := n.layer, n.obj, n.anon
+	l, obj := n.layer, n.obj
 	if n.data != nil && !writable {
 		l, obj = n.data, n.dataObj
 	}
 	n.mu.RUnlock()
-	if (n.ptOpens > 0 || n.ptObj != (devIno{})) && obj != n.ptObj {
-		// Live passthrough opens read another file (the lower one this node was copied up from). Even once they
-		// are gone, go-fuse may still hold that file as the node's backing file: it drops it only after our
-		// Release returns, and an open in between would be handed the old backing file (the read-only lower:
-		// EIO for a writer, stale data for a reader). A passthrough node never changes its file; a new node does.
+	if n.ptOpens > 0 && obj != n.ptObj {
+		// Live passthrough opens read another file (the lower one this node was copied up from), and the kernel
+		// allows one backing file per inode: this open must land on another node. Once they are all released,
+		// the node may open the copy itself (serialOpens keeps go-fuse's backing file in step).
 		n.markStale()
 		n.root.stats.staleRetries.Add(1)
 		return nil, 0, syscall.ESTALE
@@ -209,40 +208,10 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if !l.IsUpper() {
 		oflags |= unix.O_NOATIME
 	}
-	var fd int
-	var err error
-	if anon >= 0 {
-		fd, err = sysx.Reopen(anon, oflags)
-	} else {
-		dirfd, name, errno := n.locationIn(l)
-		if errno != 0 {
-			return nil, 0, errno
-		}
-		fd, err = sysx.OpenObject(dirfd, name, oflags)
-		if err == syscall.ELOOP || err == syscall.ENOENT {
-			return nil, 0, syscall.ESTALE // the name became a symlink or vanished: n is no longer there
-		}
-		if err == syscall.ESTALE {
-			// The name holds another kind of object now, or the layer's handle of the directory went stale
-			// (an NFS server replaced it): then the directory's node must be renewed, or the kernel's retry
-			// would meet the same handle.
-			var st unix.Stat_t
-			if sysx.Fstat(dirfd, &st) == syscall.ESTALE {
-				n.parentStale(syscall.ESTALE)
-			}
-			return nil, 0, syscall.ESTALE
-		}
-		if err != nil {
-			return nil, 0, n.parentStale(n.root.layerErrno(l, "open", name, err))
-		}
-	}
-	if err != nil {
-		return nil, 0, toErrno(err)
-	}
 	var st unix.Stat_t
-	if err := sysx.Fstat(fd, &st); err != nil || obj != (devIno{st.Dev, st.Ino}) {
-		unix.Close(fd)
-		return nil, 0, syscall.ESTALE
+	fd, errno := n.openIn(l, obj, oflags, &st)
+	if errno != 0 {
+		return nil, 0, errno
 	}
 	if flags&unix.O_TRUNC != 0 {
 		if err := truncateOpened(fd, oflags); err != nil {
@@ -259,6 +228,48 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
 	fh, fuseFlags := n.register(f, obj, st.Size, st.Mode)
 	return fh, fuseFlags, 0
+}
+
+// openIn opens obj, the object of n in layer l, with oflags, and stats it into st. A rename or unlink in the union can take the name
+// away between finding where the object is and opening it; it gives n a descriptor of the object first (see
+// keepUnlinked), so where n is has changed then, and the open is tried again there. ESTALE is left for a name
+// that no longer holds the object for good, or a layer directory that went stale.
+func (n *Node) openIn(l *Layer, obj devIno, oflags int, st *unix.Stat_t) (int, syscall.Errno) {
+	for attempt := 0; ; attempt++ {
+		dirfd, name, errno := n.locationIn(l)
+		if errno != 0 {
+			return -1, errno
+		}
+		var fd int
+		var err error
+		if name == "" {
+			fd, err = sysx.Reopen(dirfd, oflags)
+		} else {
+			fd, err = sysx.OpenObject(dirfd, name, oflags)
+		}
+		if err == nil {
+			if sysx.Fstat(fd, st) == nil && obj == (devIno{st.Dev, st.Ino}) {
+				return fd, 0
+			}
+			unix.Close(fd)
+			err = syscall.ESTALE
+		}
+		if err != syscall.ENOENT && err != syscall.ELOOP && err != syscall.ESTALE {
+			return -1, n.parentStale(n.root.layerErrno(l, "open", name, err))
+		}
+		if attempt < 2 && l == n.holder() && n.moved(dirfd, name) {
+			continue // moved meanwhile: try where it is now
+		}
+		if err == syscall.ESTALE && name != "" {
+			// The layer's handle of the directory may have gone stale (an NFS server replaced it): then the
+			// directory's node must be renewed, or the kernel's retry would meet the same handle.
+			var st unix.Stat_t
+			if sysx.Fstat(dirfd, &st) == syscall.ESTALE {
+				n.parentStale(syscall.ESTALE)
+			}
+		}
+		return -1, syscall.ESTALE
+	}
 }
 
 // register records a new open file of n, of size bytes, and returns the handle go-fuse gets and the open flags
@@ -312,7 +323,9 @@ func (n *Node) unregister(f *file) {
 	delete(n.handles, f)
 	n.mu.Unlock()
 	if f.passthrough {
-		n.ptOpens--
+		if n.ptOpens--; n.ptOpens == 0 {
+			n.ptObj = devIno{}
+		}
 	} else {
 		n.cachedOpens--
 	}

@@ -97,7 +97,7 @@ type Node struct {
 	stale       bool       // live passthrough opens pin an object the name no longer shows: refuse opens; protected by openMu
 	ptOpens     int        // live passthrough opens; protected by openMu
 	cachedOpens int        // live opens through the page cache; protected by openMu
-	ptObj       devIno     // the object passthrough opens of n use (set by the first); protected by openMu
+	ptObj       devIno     // the object live passthrough opens of n use (set by the first, cleared with the last); protected by openMu
 	pagesStale  bool       // a passthrough writer may have left the kernel's cached pages stale; protected by openMu
 
 	copyMu sync.Mutex // serialises copy-ups of this node
@@ -111,7 +111,7 @@ type Node struct {
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
 	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
-	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name: made with O_TMPFILE, or unlinked while the kernel still knew the node; closed at OnForget; -1 if none; protected by mu
+	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepUnlinked): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed at OnForget; -1 if none; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
 }
@@ -202,6 +202,11 @@ func (n *Node) isDir() bool {
 	return n.StableAttr().Mode == syscall.S_IFDIR
 }
 
+// isRegular reports whether n is a regular file.
+func (n *Node) isRegular() bool {
+	return n.StableAttr().Mode == syscall.S_IFREG
+}
+
 // stack returns a snapshot of a directory's layer stack; nil once the node is forgotten.
 func (n *Node) stack() []layerDir {
 	n.mu.RLock()
@@ -288,6 +293,13 @@ func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno
 	return d.fd, name, 0
 }
 
+// moved reports whether the non-directory n is no longer reached as dirfd and name: a rename or unlink in the
+// union moved it, or gave it a descriptor first (see keepUnlinked), since the caller looked.
+func (n *Node) moved(dirfd int, name string) bool {
+	d, nm, errno := n.location()
+	return errno == 0 && (d != dirfd || nm != name)
+}
+
 // statSelf stats the object n stands for: the topmost directory of its stack, or the non-directory in its layer.
 // For a metadata-only copy, the block count is the data's.
 func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
@@ -310,14 +322,21 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 	if anon >= 0 {
 		return false, toErrno(sysx.Fstat(anon, st))
 	}
-	dirfd, name, errno := n.location()
-	if errno != 0 {
-		return false, errno
-	}
-	if err := sysx.Fstatat(dirfd, name, st); err != nil {
-		return false, n.parentStale(toErrno(err))
-	}
-	if !n.isObject(st) {
+	for attempt := 0; ; attempt++ {
+		dirfd, name, errno := n.location()
+		if errno != 0 {
+			return false, errno
+		}
+		err := sysx.Fstatat(dirfd, name, st)
+		if err == nil && n.isObject(st) {
+			break
+		}
+		if (err == nil || err == syscall.ENOENT) && attempt < 2 && n.moved(dirfd, name) {
+			continue // a rename or unlink took the name meanwhile: see keepUnlinked
+		}
+		if err != nil {
+			return false, n.parentStale(toErrno(err))
+		}
 		return false, syscall.ESTALE
 	}
 	if data != nil {

@@ -97,6 +97,11 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 // knows the name's node (a process may have it open, or hold an O_PATH descriptor or a mapping of it), the node
 // keeps a descriptor of the object, as the kernel keeps the inode of a deleted file: ftruncate, fchmod, fstat,
 // fsetxattr and the rest then act on the object itself instead of failing because its name is gone.
+//
+// Rename calls it for a regular file before moving it too: between the move in the layer and go-fuse's move of
+// the node in its tree, the node's name (parent and name) still says where the file was, and a request on it (an
+// open of a descriptor fanotify hands out, an fchmod) would find nothing there. Reached through its descriptor,
+// the file is found wherever its name goes.
 func (n *Node) keepUnlinked(up layerDir, name string) {
 	child := asNode(n.GetChild(name))
 	if child == nil || child.isDir() {

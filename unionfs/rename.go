@@ -126,6 +126,12 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if errno != 0 {
 			return errno
 		}
+		if srcNode.isRegular() {
+			n.keepUnlinked(nUp, name)
+		}
+		if dstNode.isRegular() {
+			m.keepUnlinked(mUp, newName)
+		}
 		if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, unix.RENAME_EXCHANGE); err != nil {
 			return n.root.layerErrno(nUp.layer, "rename", name, err)
 		}
@@ -143,6 +149,9 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if errno := m.clearUpperDir(mUp, mDir, newName); errno != 0 {
 			return errno
 		}
+	}
+	if srcNode.isRegular() {
+		n.keepUnlinked(nUp, name) // see there: requests racing with the move find the file by its descriptor
 	}
 	if errno := n.moveUpper(nUp, nDir, name, mUp, mDir, newName, src.isDir(), srcBelow, replaceMarker); errno != 0 {
 		return errno

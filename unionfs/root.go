@@ -241,7 +241,7 @@ func Mount(mountpoint string, r *Root) (*fuse.Server, error) {
 		splice.Done(p)
 	}
 	opts := r.FSOptions()
-	server, err := fuse.NewServer(newReplyCounter(newHandleFreeDirs(fs.NewNodeFS(r, opts)), &r.stats), mountpoint,
+	server, err := fuse.NewServer(newReplyCounter(newSerialOpens(newHandleFreeDirs(fs.NewNodeFS(r, opts))), &r.stats), mountpoint,
 		&opts.MountOptions)
 	if err != nil {
 		return nil, err

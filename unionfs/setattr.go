@@ -37,12 +37,36 @@ func (n *Node) writableObject(data bool) (dirfd int, name string, l *Layer, errn
 // file clears its setuid bit on the layer too; the mode is set after it.
 func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	n.root.stats.count(opSetattr)
+	for attempt := 0; ; attempt++ {
+		dirfd, name, errno := n.setattrAt(ctx, f, in)
+		if errno == syscall.ENOENT && !n.isDir() && attempt < 2 && n.moved(dirfd, name) {
+			// A rename or unlink took the name meanwhile (see keepUnlinked); every change is to an absolute
+			// value, so doing them again where the file is now is safe.
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		break
+	}
+	if errno := n.Getattr(ctx, f, out); errno != 0 {
+		return errno
+	}
+	// go-fuse leaves SETATTR replies without a validity, which would make the next stat a GETATTR.
+	out.SetTimeout(n.root.cfg.AttrTimeout)
+	return 0
+}
+
+// setattrAt makes the changes of in to n's object, copied up first, and returns where it found the object.
+func (n *Node) setattrAt(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn) (dirfd int, name string, errno syscall.Errno) {
 	_, truncate := in.GetSize()
 	dirfd, name, l, errno := n.writableObject(truncate)
 	if errno != 0 {
-		return errno
+		return dirfd, name, errno
 	}
-	fail := func(op string, err error) syscall.Errno { return n.root.layerErrno(l, op, name, err) }
+	fail := func(op string, err error) (int, string, syscall.Errno) {
+		return dirfd, name, n.root.layerErrno(l, op, name, err)
+	}
 
 	uid, uok := in.GetUID()
 	gid, gok := in.GetGID()
@@ -99,12 +123,7 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 			return fail("utimes", err)
 		}
 	}
-	if errno := n.Getattr(ctx, f, out); errno != 0 {
-		return errno
-	}
-	// go-fuse leaves SETATTR replies without a validity, which would make the next stat a GETATTR.
-	out.SetTimeout(n.root.cfg.AttrTimeout)
-	return 0
+	return dirfd, name, 0
 }
 
 // Setxattr - FUSE call. The union's private attributes cannot be set: EPERM.

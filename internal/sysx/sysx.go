@@ -266,6 +266,20 @@ func Reopen(fd int, flags int) (int, error) {
 	return nfd, nil
 }
 
+// LinkObject gives the object behind descriptor fd (an O_PATH descriptor, an O_TMPFILE file) the name name in
+// dirfd. linkat with AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it (a daemon that is not root) the
+// descriptor's /proc magic link is linked with AT_SYMLINK_FOLLOW, which needs no privilege.
+func LinkObject(fd int, dirfd int, name string) error {
+	err := retry(func() error { return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH) })
+	if err == syscall.ENOENT || err == syscall.EPERM {
+		err2 := retry(func() error { return unix.Linkat(unix.AT_FDCWD, FdPath(fd), dirfd, name, unix.AT_SYMLINK_FOLLOW) })
+		if err2 != syscall.ENOENT { // ENOENT: no /proc either; the first answer says more
+			return err2
+		}
+	}
+	return err
+}
+
 // OpenObject opens name in dirfd with flags like Openat, but only if it is a regular file or a directory: the name
 // is first reached with O_PATH and checked, then reopened through that descriptor, so a FIFO or device that
 // appears under the name (a racing rename leaves an overlay whiteout, a 0/0 device, under the old name; a user
