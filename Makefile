@@ -112,10 +112,12 @@ vm-test: vm-test-deps
 	$(GO) run ./vmtest $(VMTESTFLAGS)
 
 # The tests CI runs briefly, run long: concurrent stress workers against kernel overlayfs for most of
-# STRESS_TIME, then fsx, the differential fuzzer, the many-clients load test and every go test -fuzz target. The log goes to stress.log; its
+# STRESS_TIME, then fsx, the differential fuzzer, the many-clients load test and every go test -fuzz target, then
+# the memory-pressure test for PRESSURE_TIME (so the whole takes about both). The log goes to stress.log; its
 # summary belongs in README's "What was tried" table.
-STRESS_TIME ?= 1h
-STRESS_LOG  ?= stress.log
+STRESS_TIME   ?= 1h
+PRESSURE_TIME ?= $(STRESS_TIME)
+STRESS_LOG    ?= stress.log
 stress:
 	@secs=$$(CGO_ENABLED=1 $(GO) run ./internal/testutil/cmd/seconds $(STRESS_TIME)); \
 	stress=$$((secs * 3 / 4))s; load=$$((secs / 8))s; \
@@ -126,8 +128,10 @@ stress:
 		-run '^(TestStress|TestFsx|TestDifferentialRandom|TestConcurrentCopyUpOfLargeFile)$$' ./unionfs && \
 	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_LOAD_DURATION=$$load $(GO) test -count=1 \
 		-timeout 0 -v -run '^TestManyClientsNoLeak$$' ./cmd/ltsp-unionfs && \
-	$(MAKE) --no-print-directory fuzz FUZZTIME=$$((secs / 80))s; \
-	} 2>&1 | tee $(STRESS_LOG) | grep -E '^(make stress|--- |ok|FAIL|PASS|== Fuzz|fuzz: elapsed)|(stress|fsx|load|diff)_test.go'
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$$((secs / 80))s && \
+	LTSP_UNIONFS_REQUIRE_FUSE=1 LTSP_UNIONFS_PRESSURE_DURATION=$(PRESSURE_TIME) $(GO) test -count=1 \
+		-timeout 0 -v -run '^TestMemoryPressure$$$$' ./cmd/ltsp-unionfs; \
+	} 2>&1 | tee $(STRESS_LOG) | grep -E '^(make stress|--- |ok|FAIL|PASS|== Fuzz|fuzz: elapsed)|(stress|fsx|load|diff|pressure)_test.go'
 
 install: build docs
 	install -D -m 0755 ltsp-unionfs $(DESTDIR)$(PREFIX)/bin/ltsp-unionfs

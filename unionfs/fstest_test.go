@@ -27,6 +27,9 @@ func unexpectedReplies(u *testUnion, errnos ...string) []string {
 			msgs = append(msgs, fmt.Sprintf("mount %d replied ESTALE %d times, %d of them to retry after a copy-up",
 				i+1, n, s.StaleRetries))
 		}
+		if s.Panics > 0 {
+			msgs = append(msgs, fmt.Sprintf("mount %d: %d requests panicked (see the log)", i+1, s.Panics))
+		}
 		for _, e := range errnos {
 			if n := s.Replies[e]; n > 0 {
 				msgs = append(msgs, fmt.Sprintf("mount %d replied %s %d times", i+1, e, n))

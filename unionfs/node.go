@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -111,7 +112,7 @@ type Node struct {
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
 	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
-	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepUnlinked): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed at OnForget; -1 if none; protected by mu
+	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepUnlinked): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed after OnForget; -1 if none; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
 }
@@ -164,11 +165,30 @@ func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
 	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}
 }
 
-// OnForget is called when the kernel has forgotten the node: its descriptors are closed.
+// forgetGrace is how long a forgotten node keeps its descriptors (see OnForget).
+const forgetGrace = 2 * time.Second
+
+// OnForget is called when the kernel has forgotten the node. Its descriptors are closed after forgetGrace, if
+// the node is still forgotten then.
+//
+// Why not at once: go-fuse calls OnForget after it has dropped the node's registration, outside its locks. A
+// LOOKUP that found the node just before (as the parent's child, or by its identity in NewInode) registers it
+// again under its old node ID, before or after this call, and the kernel then uses a node whose descriptors
+// would be closed: every request on it, and the kernel's LOOKUP_REVAL retry (which gets the same node back),
+// would fail with ESTALE. Such a lookup registers the node within microseconds; a node registered again is
+// closed at its next OnForget instead.
 func (n *Node) OnForget() {
 	n.root.stats.count(opForget)
 	if n.isStale() {
 		n.forgetStale()
+	}
+	time.AfterFunc(forgetGrace, n.closeIfForgotten)
+}
+
+// closeIfForgotten closes n's descriptors unless the kernel knows n again.
+func (n *Node) closeIfForgotten() {
+	if !n.Forgotten() {
+		return
 	}
 	n.mu.Lock()
 	n.dirs, n.metas = nil, nil

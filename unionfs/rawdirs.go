@@ -140,6 +140,21 @@ func (h *handleFreeDirs) release(id, fh uint64) {
 	h.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: id}, Fh: fh})
 }
 
+// Forget - FUSE call. The kernel forgets a node when it evicts its inode, and the bridge then drops the node's
+// entry, open handles and all: a handle of the wrapper's own still parked on it would be released on a node the
+// bridge no longer knows (go-fuse panics, and the READDIR whose request released it was answered EIO). So the
+// node's cursor goes first. No READDIR of the node can be in flight: the kernel evicts no inode a request uses.
+func (h *handleFreeDirs) Forget(nodeid, nlookup uint64) {
+	h.mu.Lock()
+	c := h.cursors[nodeid]
+	delete(h.cursors, nodeid)
+	h.mu.Unlock()
+	if c != nil {
+		h.release(nodeid, c.fh)
+	}
+	h.RawFileSystem.Forget(nodeid, nlookup)
+}
+
 // FsyncDir - FUSE call. Without a handle from the kernel, syncs through a handle of its own.
 func (h *handleFreeDirs) FsyncDir(cancel <-chan struct{}, input *fuse.FsyncIn) fuse.Status {
 	if input.Fh != 0 {

@@ -1,6 +1,8 @@
 package unionfs
 
 import (
+	"runtime"
+
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
@@ -16,6 +18,18 @@ type replyCounter struct {
 
 func newReplyCounter(raw fuse.RawFileSystem, s *stats) *replyCounter {
 	return &replyCounter{RawFileSystem: raw, s: s}
+}
+
+// panicReply is go-fuse's PanicHandler. go-fuse answers a request whose handler panicked with EIO, and the panic
+// unwinds past the reply counter: this counts the reply, counts the panic (Stats.Panics; the long tests require
+// none) and logs it with its stack, so that a bug shows as one instead of as a program's unexplained EIO.
+func (r *Root) panicReply(obj any) fuse.Status {
+	buf := make([]byte, 64<<10)
+	buf = buf[:runtime.Stack(buf, false)]
+	r.cfg.Logger.Printf("internal error, answered EIO: panic serving a request: %v\n%s", obj, buf)
+	r.stats.panics.Add(1)
+	r.stats.replies[fuse.EIO].Add(1)
+	return fuse.EIO
 }
 
 // reply records st and returns it.

@@ -229,6 +229,7 @@ func (r *Root) FSOptions() *fs.Options {
 		opts.MountOptions.Logger = r.cfg.Logger
 	}
 	opts.Logger = r.cfg.Logger
+	opts.MountOptions.PanicHandler = r.panicReply
 	return opts
 }
 

@@ -71,6 +71,7 @@ type stats struct {
 	staleRetries     atomic.Uint64      // opens answered ESTALE so that the kernel looks a copied-up name up again
 	errors           [256]atomic.Uint64 // errors that came from a layer, by errno
 	replies          [256]atomic.Uint64 // every error reply sent to the kernel, by errno (replyCounter)
+	panics           atomic.Uint64      // requests whose handler panicked (answered EIO; see panicReply)
 }
 
 // count records one request of operation o.
@@ -97,6 +98,7 @@ type Stats struct {
 	PassthroughOpens uint64            `json:"passthrough_opens"`
 	CachedOpens      uint64            `json:"cached_opens"`
 	StaleRetries     uint64            `json:"stale_retries"`
+	Panics           uint64            `json:"panics"` // requests whose handler panicked: bugs, answered EIO
 	Passthrough      bool              `json:"passthrough"`
 	Errors           map[string]uint64 `json:"errors"`  // errors that came from a layer, by errno
 	Replies          map[string]uint64 `json:"replies"` // every error reply sent to the kernel, by errno
@@ -113,7 +115,7 @@ func (r *Root) Stats() Stats {
 		LowerLookups: s.lowerLookups.Load(), UpperLookups: s.upperLookups.Load(), LayerReaddirs: s.layerReaddirs.Load(),
 		CopyUps: s.copyUps.Load(), CopyUpBytes: s.copyUpBytes.Load(), MetadataCopyUps: s.metaCopyUps.Load(),
 		DirCopyUps: s.dirCopyUps.Load(), PassthroughOpens: s.passthroughOpens.Load(), CachedOpens: s.cachedOpens.Load(),
-		StaleRetries: s.staleRetries.Load(), Passthrough: r.passthrough.Load()}
+		StaleRetries: s.staleRetries.Load(), Panics: s.panics.Load(), Passthrough: r.passthrough.Load()}
 	out.Goroutines = runtime.NumGoroutine()
 	out.OpenFiles, out.RSSBytes = r.processUsage()
 	for i := range s.ops {

@@ -96,6 +96,7 @@ func runMount(o *mountOptions, notify *notifier) error {
 		layers.Close()
 		return err
 	}
+	unionfs.RaiseFileLimit()
 	server, err := unionfs.Mount(mnt, root)
 	if err != nil {
 		layers.Close()

@@ -77,6 +77,9 @@ func printStats(w io.Writer, st unionfs.Stats) {
 		st.CopyUps, st.CopyUpBytes, st.MetadataCopyUps, st.DirCopyUps)
 	fmt.Fprintf(w, "daemon:               %d goroutines, %d open files, %.1f MiB resident\n",
 		st.Goroutines, st.OpenFiles, float64(st.RSSBytes)/(1<<20))
+	if st.Panics > 0 {
+		fmt.Fprintf(w, "internal errors:      %d requests panicked and were answered EIO (a bug: see the log)\n", st.Panics)
+	}
 	fmt.Fprintln(w, "requests:")
 	printCounts(w, st.Requests)
 	if len(st.Replies) > 0 {
