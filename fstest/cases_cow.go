@@ -23,6 +23,7 @@ var CowCases = map[string]UnionCase{
 	"TruncateLower":                TruncateLower,
 	"TruncateOnOpenLower":          TruncateOnOpenLower,
 	"TruncateOnReadOnlyOpen":       TruncateOnReadOnlyOpen,
+	"OpenFlagsMixedDescriptors":    OpenFlagsMixedDescriptors,
 	"XattrsOnLower":                XattrsOnLower,
 	"UnlinkLower":                  UnlinkLower,
 	"UnlinkThenRecreate":           UnlinkThenRecreate,
@@ -281,6 +282,136 @@ func TruncateOnReadOnlyOpen(t *testing.T, u Union) {
 	mnt = u.Mount(t)
 	for _, name := range []string{"lower", "upper", "new", "viaone", "viatwo"} {
 		wantContent(t, filepath.Join(mnt, name), "")
+	}
+}
+
+// OpenFlagsMixedDescriptors opens a lower file and an upper file with the open flags Linux accepts for regular
+// files (O_NOATIME, O_APPEND, O_PATH, O_DIRECT, O_SYNC, O_DSYNC, O_NONBLOCK) while a read-only descriptor of the
+// same file stays open, and changes the file through them: appends, ftruncate, fallocate (extend, keep size,
+// punch hole), sync_file_range, a reopen of the O_PATH descriptor for writing. Every call succeeds (O_DIRECT may
+// be refused with EINVAL as a whole, as filesystems without direct I/O do), the read-only descriptor sees each
+// change through fstat and pread, and an inotify watch reports the writes.
+func OpenFlagsMixedDescriptors(t *testing.T, u Union) {
+	writeFile(t, filepath.Join(u.Lower(0), "lower"), "0123456789", 0644)
+	mnt := u.Mount(t)
+	writeFile(t, filepath.Join(mnt, "upper"), "0123456789", 0644)
+	for _, name := range []string{"lower", "upper"} {
+		path := filepath.Join(mnt, name)
+		in, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.InotifyAddWatch(in, path, unix.IN_MODIFY); err != nil {
+			t.Fatalf("inotify on %s: %v", name, err)
+		}
+		reader, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "0123456789"
+		check := func(step string) {
+			t.Helper()
+			var st unix.Stat_t
+			if err := unix.Fstat(reader, &st); err != nil || st.Size != int64(len(want)) {
+				t.Errorf("%s, %s: the read-only descriptor says size %d (%v), want %d", name, step, st.Size, err,
+					len(want))
+			}
+			buf := make([]byte, len(want)+10)
+			n, err := unix.Pread(reader, buf, 0)
+			if err != nil || string(buf[:n]) != want {
+				t.Errorf("%s, %s: the read-only descriptor reads %q (%v), want %q", name, step, buf[:n], err, want)
+			}
+		}
+		do := func(step string, err error) {
+			t.Helper()
+			if err != nil {
+				t.Errorf("%s, %s: %v", name, step, err)
+			}
+		}
+		openFile := func(flags int) int {
+			t.Helper()
+			fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatalf("%s: open(%#o): %v", name, flags, err)
+			}
+			return fd
+		}
+
+		fd := openFile(unix.O_RDONLY | unix.O_NOATIME)
+		buf := make([]byte, 10)
+		if n, err := unix.Read(fd, buf); err != nil || string(buf[:n]) != want {
+			t.Errorf("%s: read with O_NOATIME: %q, %v", name, buf[:n], err)
+		}
+		unix.Close(fd)
+
+		fd = openFile(unix.O_WRONLY | unix.O_APPEND | unix.O_SYNC)
+		_, err = unix.Write(fd, []byte("ab"))
+		do("append with O_SYNC", err)
+		unix.Close(fd)
+		want += "ab"
+		check("after an O_APPEND|O_SYNC write")
+
+		fd = openFile(unix.O_RDWR | unix.O_APPEND | unix.O_DSYNC | unix.O_NONBLOCK)
+		_, err = unix.Pwrite(fd, []byte("cd"), 0) // O_APPEND: Linux appends whatever the offset
+		do("pwrite with O_APPEND", err)
+		want += "cd"
+		check("after a pwrite on an O_APPEND descriptor")
+		do("ftruncate to 8", unix.Ftruncate(fd, 8))
+		want = want[:8]
+		check("after ftruncate")
+		do("fallocate to 12", unix.Fallocate(fd, 0, 0, 12))
+		want += "\x00\x00\x00\x00"
+		check("after fallocate")
+		do("fallocate keeping the size", unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, 0, 64))
+		check("after fallocate with FALLOC_FL_KEEP_SIZE")
+		do("punch a hole", unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 2, 2))
+		want = want[:2] + "\x00\x00" + want[4:]
+		check("after punching a hole")
+		do("sync_file_range", unix.SyncFileRange(fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER))
+		unix.Close(fd)
+
+		pfd := openFile(unix.O_PATH)
+		if _, err := unix.Read(pfd, buf); !errors.Is(err, syscall.EBADF) {
+			t.Errorf("%s: read from an O_PATH descriptor: %v, want EBADF", name, err)
+		}
+		var st unix.Stat_t
+		do("fstat of an O_PATH descriptor", unix.Fstat(pfd, &st))
+		wfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Errorf("%s: reopening an O_PATH descriptor for writing: %v", name, err)
+		} else {
+			_, err = unix.Write(wfd, []byte("reopened"))
+			do("write through the reopened descriptor", err)
+			unix.Close(wfd)
+			want = "reopened"
+			check("after a write through a reopened O_PATH descriptor")
+		}
+		unix.Close(pfd)
+
+		if fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0); err == nil {
+			// Direct I/O wants aligned buffers: take one from an anonymous mapping.
+			aligned, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := unix.Pread(fd, aligned, 0); err != nil && !errors.Is(err, syscall.EINVAL) {
+				t.Errorf("%s: O_DIRECT read: %v", name, err)
+			} else if err == nil && string(aligned[:n]) != want {
+				t.Errorf("%s: O_DIRECT read %q, want %q", name, aligned[:n], want)
+			}
+			unix.Munmap(aligned)
+			unix.Close(fd)
+		} else if !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("%s: open(O_DIRECT): %v, want success or EINVAL", name, err)
+		}
+
+		ev := make([]byte, 4096)
+		if n, err := unix.Read(in, ev); err != nil || n == 0 {
+			t.Errorf("%s: inotify reported no IN_MODIFY for the writes (%v)", name, err)
+		}
+		unix.Close(in)
+		unix.Close(reader)
+		wantContent(t, path, want)
 	}
 }
 
