@@ -185,9 +185,11 @@ func (n *Node) OnForget() {
 	time.AfterFunc(forgetGrace, n.closeIfForgotten)
 }
 
-// closeIfForgotten closes n's descriptors unless the kernel knows n again.
+// closeIfForgotten closes n's descriptors unless the kernel knows n again. A node a lookup registered again is in
+// its parent's directory again (go-fuse takes every node out of its parents when the kernel forgets it); nodes
+// the kernel knows without a name (O_TMPFILE files) cannot be looked up again.
 func (n *Node) closeIfForgotten() {
-	if !n.Forgotten() {
+	if _, p := n.Parent(); p != nil {
 		return
 	}
 	n.mu.Lock()
