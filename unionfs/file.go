@@ -232,7 +232,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 
 // openIn opens obj, the object of n in layer l, with oflags, and stats it into st. A rename or unlink in the union
 // can take the name away between finding where the object is and opening it; it gives n a descriptor of the
-// object first (see keepUnlinked), so where n is has changed then, and the open is tried again there. ESTALE is
+// object first (see keepByDescriptor), so where n is has changed then, and the open is tried again there. ESTALE is
 // left for a name that no longer holds the object for good, or a layer directory that went stale.
 func (n *Node) openIn(l *Layer, obj devIno, oflags int, st *unix.Stat_t) (int, syscall.Errno) {
 	for attempt := 0; ; attempt++ {

@@ -112,7 +112,7 @@ type Node struct {
 	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
 	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
 	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
-	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepUnlinked): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed after OnForget; -1 if none; protected by mu
+	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepByDescriptor): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed after OnForget; -1 if none; protected by mu
 	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
 	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
 }
@@ -316,7 +316,7 @@ func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno
 }
 
 // moved reports whether the non-directory n is no longer reached as dirfd and name: a rename or unlink in the
-// union moved it, or gave it a descriptor first (see keepUnlinked), since the caller looked.
+// union moved it, or gave it a descriptor first (see keepByDescriptor), since the caller looked.
 func (n *Node) moved(dirfd int, name string) bool {
 	d, nm, errno := n.location()
 	return errno == 0 && (d != dirfd || nm != name)
@@ -354,7 +354,7 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 			break
 		}
 		if (err == nil || err == syscall.ENOENT) && attempt < 2 && n.moved(dirfd, name) {
-			continue // a rename or unlink took the name meanwhile: see keepUnlinked
+			continue // a rename or unlink took the name meanwhile: see keepByDescriptor
 		}
 		if err != nil {
 			return false, n.parentStale(toErrno(err))

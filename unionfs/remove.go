@@ -74,7 +74,7 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 		return 0
 	}
 	if !dir {
-		n.keepUnlinked(up, name)
+		n.keepByDescriptor(up, name)
 	}
 	if below {
 		tmp := whiteout.TempName()
@@ -93,7 +93,7 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 	return n.removeUpper(up, d, name, dir)
 }
 
-// keepUnlinked is called before the upper non-directory name in directory n is removed. If the kernel still
+// keepByDescriptor is called before the upper non-directory name in directory n is removed or renamed over. If the kernel still
 // knows the name's node (a process may have it open, or hold an O_PATH descriptor or a mapping of it), the node
 // keeps a descriptor of the object, as the kernel keeps the inode of a deleted file: ftruncate, fchmod, fstat,
 // fsetxattr and the rest then act on the object itself instead of failing because its name is gone.
@@ -102,7 +102,7 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 // the node in its tree, the node's name (parent and name) still says where the file was, and a request on it (an
 // open of a descriptor fanotify hands out, an fchmod) would find nothing there. Reached through its descriptor,
 // the file is found wherever its name goes.
-func (n *Node) keepUnlinked(up layerDir, name string) {
+func (n *Node) keepByDescriptor(up layerDir, name string) {
 	child := asNode(n.GetChild(name))
 	if child == nil || child.isDir() {
 		return

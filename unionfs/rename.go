@@ -127,10 +127,10 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			return errno
 		}
 		if srcNode.isRegular() {
-			n.keepUnlinked(nUp, name)
+			n.keepByDescriptor(nUp, name)
 		}
 		if dstNode.isRegular() {
-			m.keepUnlinked(mUp, newName)
+			m.keepByDescriptor(mUp, newName)
 		}
 		if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, unix.RENAME_EXCHANGE); err != nil {
 			return n.root.layerErrno(nUp.layer, "rename", name, err)
@@ -142,7 +142,7 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 
 	replaceMarker := !dst.exists() && dst.whiteout != nil && dst.whiteout.IsUpper()
 	if dst.exists() && dst.found[0].layer.IsUpper() && !dst.isDir() {
-		m.keepUnlinked(mUp, newName) // the object renamed over loses its name, maybe not its users
+		m.keepByDescriptor(mUp, newName) // the object renamed over loses its name, maybe not its users
 	}
 	if dst.exists() && dst.found[0].layer.IsUpper() && dst.isDir() {
 		// Renaming over an empty directory: clear the markers it holds, or rename(2) finds it not empty.
@@ -151,7 +151,7 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		}
 	}
 	if srcNode.isRegular() {
-		n.keepUnlinked(nUp, name) // see there: requests racing with the move find the file by its descriptor
+		n.keepByDescriptor(nUp, name) // see there: requests racing with the move find the file by its descriptor
 	}
 	if errno := n.moveUpper(nUp, nDir, name, mUp, mDir, newName, src.isDir(), srcBelow, replaceMarker); errno != 0 {
 		return errno

@@ -40,7 +40,7 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	for attempt := 0; ; attempt++ {
 		dirfd, name, errno := n.setattrAt(ctx, f, in)
 		if errno == syscall.ENOENT && !n.isDir() && attempt < 2 && n.moved(dirfd, name) {
-			// A rename or unlink took the name meanwhile (see keepUnlinked); every change is to an absolute
+			// A rename or unlink took the name meanwhile (see keepByDescriptor); every change is to an absolute
 			// value, so doing them again where the file is now is safe.
 			continue
 		}
