@@ -52,6 +52,10 @@ var CowCases = map[string]UnionCase{
 	"DirectoryMtimeAfterCopyUp":    DirectoryMtimeAfterCopyUp,
 	"DeepPathCopiesUpParents":      DeepPathCopiesUpParents,
 	"RenameDirWithWhiteoutsInside": RenameDirWithWhiteoutsInside,
+	"LeaseBlocksWriters":           LeaseBlocksWriters,
+	"FanotifyWatchesFile":          FanotifyWatchesFile,
+	"MappingBesideDescriptors":     MappingBesideDescriptors,
+	"RlimitFsize":                  RlimitFsize,
 }
 
 // lowerSnapshot records the content of every regular file and the type of every object under a lower layer.

@@ -63,8 +63,11 @@ func TestUnionCases(t *testing.T) {
 // collection then waits for it forever (go-fuse's "known deadlocks", 3). The cmd tests run them through the real
 // daemon.
 var inProcessSkips = fstest.Config{Skip: map[string]string{
-	"MmapSharedWrite": "mmap of the test process's own FUSE files can deadlock the Go runtime; run through the binary in cmd tests",
+	"MmapSharedWrite":          inProcessMmap,
+	"MappingBesideDescriptors": inProcessMmap,
 }}
+
+const inProcessMmap = "mmap of the test process's own FUSE files can deadlock the Go runtime; run through the binary in cmd tests"
 
 // TestPosixCases runs the POSIX battery in the root of a union over two empty lowers.
 func TestPosixCases(t *testing.T) {
@@ -103,7 +106,7 @@ func TestCowCases(t *testing.T) {
 				u := noUnexpectedReplies(t, newTestUnion(t, 2))
 				u.cfg.Whiteout = format
 				return u
-			}, fstest.Config{})
+			}, inProcessSkips)
 		})
 	}
 }
