@@ -101,6 +101,16 @@ func (op Op) Apply(root string) error {
 				err = cerr
 			}
 		}
+	case "open":
+		err = openAndUse(p, int(op.N), op.Data)
+	case "tmpfile":
+		err = tmpfileAndLink(p, p2, op.Data)
+	case "fdtruncate":
+		err = truncateBesideReader(p, op.N)
+	case "fallocate":
+		err = fallocateBesideReader(p, uint32(op.N>>32), op.N&0xffff, op.N>>16&0xffff)
+	case "copyrange":
+		err = copyRange(p, p2, int(op.N))
 	case "read":
 		var f *os.File
 		if f, err = os.OpenFile(p, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
@@ -142,6 +152,151 @@ func describeErr(err error) string {
 		return fmt.Sprintf("%v (from %s)", ce.Errno, ce.Call)
 	}
 	return fmt.Sprint(err)
+}
+
+// openAndUse opens p with flags (and O_NONBLOCK, so that no FIFO blocks the run), writes data if the descriptor
+// is open for writing, reads if it is open for reading, fstats it, and closes it.
+func openAndUse(p string, flags int, data string) error {
+	f, fd, err := openFd(p, flags|unix.O_NONBLOCK, 0644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if flags&unix.O_PATH != 0 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return nil
+	}
+	direct := flags&unix.O_DIRECT != 0
+	// Direct I/O's alignment rules belong to each filesystem (ext4 refuses an unaligned offset or length with
+	// EINVAL, tmpfs and a FUSE filesystem caching through the kernel do not), so a direct descriptor only reads a
+	// page at offset 0 into a page, which every filesystem serves.
+	if acc := flags & unix.O_ACCMODE; acc != unix.O_RDONLY && data != "" && !direct {
+		if _, err := unix.Write(fd, []byte(data)); err != nil && !errors.Is(err, syscall.EAGAIN) {
+			return err
+		}
+	}
+	if flags&unix.O_ACCMODE != unix.O_WRONLY {
+		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		if err != nil {
+			return fmt.Errorf("a page for reading: %w", err)
+		}
+		defer unix.Munmap(buf)
+		if _, err := unix.Pread(fd, buf, 0); err != nil && !errors.Is(err, syscall.EAGAIN) &&
+			!errors.Is(err, syscall.ESPIPE) {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// openFd opens p as an *os.File, so that deferred and explicit closes can meet (an *os.File closes its descriptor
+// once; a descriptor number closed twice could be another goroutine's by then), and returns its descriptor too.
+func openFd(p string, flags int, mode uint32) (*os.File, int, error) {
+	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, mode)
+	if err != nil {
+		return nil, -1, err
+	}
+	return os.NewFile(uintptr(fd), p), fd, nil
+}
+
+// tmpfileAndLink makes an unnamed file in directory dir (O_TMPFILE), writes data and gives it the name p2.
+func tmpfileAndLink(dir, p2, data string) error {
+	f, fd, err := openFd(dir, unix.O_TMPFILE|unix.O_RDWR, 0640)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := unix.Write(fd, []byte(data)); err != nil {
+		return err
+	}
+	return unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, p2, unix.AT_SYMLINK_FOLLOW)
+}
+
+// besideReader opens p for reading and for writing and passes the writer to change; then the reader must see the
+// size stat gives for p.
+func besideReader(p string, change func(writer int) error) error {
+	rf, reader, err := openFd(p, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer rf.Close()
+	wf, writer, err := openFd(p, unix.O_WRONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	err = change(writer)
+	if cerr := wf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	var byFd, byName unix.Stat_t
+	if err := unix.Fstat(reader, &byFd); err != nil {
+		return err
+	}
+	if err := unix.Stat(p, &byName); err != nil {
+		return err
+	}
+	if byFd.Size != byName.Size {
+		return fmt.Errorf("a reader open during the change sees size %d, stat %d", byFd.Size, byName.Size)
+	}
+	return nil
+}
+
+// truncateBesideReader truncates p through a descriptor to size while another descriptor holds it for reading.
+func truncateBesideReader(p string, size int64) error {
+	return besideReader(p, func(w int) error { return unix.Ftruncate(w, size) })
+}
+
+// fallocateBesideReader calls fallocate(mode, off, n) on a descriptor of p while another holds it for reading.
+func fallocateBesideReader(p string, mode uint32, off, n int64) error {
+	return besideReader(p, func(w int) error { return unix.Fallocate(w, mode, off, n) })
+}
+
+// copyRange copies up to n bytes from the start of src to the start of dst with copy_file_range(2).
+func copyRange(src, dst string, n int) error {
+	inf, in, err := openFd(src, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer inf.Close()
+	outf, out, err := openFd(dst, unix.O_WRONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer outf.Close()
+	var inOff, outOff int64
+	if _, err := unix.CopyFileRange(in, &inOff, out, &outOff, n, 0); err != nil {
+		return err
+	}
+	return outf.Close()
+}
+
+// openFlags returns random open(2) flags: an access mode with some of the flags Linux accepts for files, or
+// O_PATH with the few flags that go with it.
+func openFlags(r *rand.Rand) int64 {
+	if r.Intn(8) == 0 {
+		return int64(unix.O_PATH | []int{0, unix.O_NOFOLLOW, unix.O_DIRECTORY}[r.Intn(3)])
+	}
+	flags := []int{unix.O_RDONLY, unix.O_WRONLY, unix.O_RDWR}[r.Intn(3)]
+	for _, f := range []int{unix.O_TRUNC, unix.O_APPEND, unix.O_CREAT, unix.O_EXCL, unix.O_NOATIME, unix.O_NOFOLLOW,
+		unix.O_DIRECTORY, unix.O_SYNC, unix.O_DIRECT} {
+		if r.Intn(4) == 0 {
+			flags |= f
+		}
+	}
+	return int64(flags)
+}
+
+// fallocateArgs packs a random fallocate mode, offset and length into an Op's N (mode<<32 | len<<16 | off).
+func fallocateArgs(r *rand.Rand) int64 {
+	mode := []uint32{0, unix.FALLOC_FL_KEEP_SIZE, unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE,
+		unix.FALLOC_FL_ZERO_RANGE}[r.Intn(4)]
+	return int64(mode)<<32 | int64(1+r.Intn(40))<<16 | int64(r.Intn(30))
 }
 
 // mmapWrite writes data through a shared writable mapping of the file at p, at the place mmapRegion says.
@@ -271,7 +426,8 @@ func RandomOps(seed int64, n int, root bool) []Op {
 	r := rand.New(rand.NewSource(seed))
 	pick := func() string { return diffNames[r.Intn(len(diffNames))] }
 	kinds := []string{"create", "write", "append", "truncate", "mkdir", "rmdir", "unlink", "rename", "rename",
-		"link", "symlink", "chmod", "utimes", "setxattr", "removexattr", "mkfifo", "read"}
+		"link", "symlink", "chmod", "utimes", "setxattr", "removexattr", "mkfifo", "read", "open", "open",
+		"tmpfile", "fdtruncate", "fallocate", "copyrange"}
 	if root {
 		kinds = append(kinds, "chown")
 	}
@@ -304,6 +460,16 @@ func RandomOps(seed int64, n int, root bool) []Op {
 			op.Path2, op.Data = []string{"k1", "k2"}[r.Intn(2)], fmt.Sprintf("v%d", i)
 		case "mkfifo":
 			op.N = 0644
+		case "open":
+			op.N, op.Data = openFlags(r), fmt.Sprintf("(%d)", i)
+		case "tmpfile":
+			op.Path2, op.Data = pick(), fmt.Sprintf("tmp %d\n", i)
+		case "fdtruncate":
+			op.N = int64(r.Intn(30))
+		case "fallocate":
+			op.N = fallocateArgs(r)
+		case "copyrange":
+			op.Path2, op.N = pick(), int64(r.Intn(20))
 		}
 		ops = append(ops, op)
 	}
