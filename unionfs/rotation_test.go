@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/ltsp/ltsp-unionfs/fstest"
@@ -27,6 +29,8 @@ rm -f gone$r                                       # whiteout
 rm -r opaque$r && mkdir opaque$r && echo new > opaque$r/inside # opaque directory
 if [ -d dir$((r - 1)).moved ]; then mv dir$((r - 1)).moved dir$((r - 1)).again; fi # a redirect renamed again
 echo "round $r" > round$r
+ln -s big$r chain$r.b && ln -s chain$r.b chain$r.a # two symlinks to a file with a metadata-only copy
+ln -s dir$r.moved/sub.renamed/g sub$r.b && ln -s sub$r.b sub$r.a # through a redirected directory
 `
 
 // TestLayerRotation mounts a union, changes it, and mounts its upper layer again as the topmost lower layer
@@ -61,6 +65,13 @@ func layerRotation(t *testing.T, format string) {
 				t.Fatal(err)
 			}
 		}
+		// A chain of two symlinks in the image, to a file in a directory a round renames.
+		for link, target := range map[string]string{fmt.Sprintf("image%d.b", r): fmt.Sprintf("dir%d/sub/g", r),
+			fmt.Sprintf("image%d.a", r): fmt.Sprintf("image%d.b", r)} {
+			if err := os.Symlink(target, filepath.Join(image, link)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	opt := fstest.DiffCompare
 	if format != "overlay" {
@@ -90,6 +101,7 @@ func layerRotation(t *testing.T, format string) {
 			}
 			return got
 		}
+		openChains(t, mnt, ovl, r)
 		if before := compare("before the changes"); last != nil {
 			if d := fstest.DiffDescriptions(last, before); d != "" {
 				t.Fatalf("round %d: the view changed when the upper layer became a lower one:\n%s", r, d)
@@ -104,6 +116,7 @@ func layerRotation(t *testing.T, format string) {
 			}
 		}
 		last = compare("after the changes")
+		openChains(t, mnt, ovl, r)
 		if ovl != "" {
 			testutil.Unmount(t, ovl)
 		}
@@ -111,6 +124,65 @@ func layerRotation(t *testing.T, format string) {
 		// The union's upper layer, not overlayfs's, becomes a lower layer: both read it in the next round.
 		lowers = append([]string{upper}, lowers...)
 	}
+}
+
+// openChains opens every chain of two symlinks (names ending in ".a") of the union at mnt, from chains in the
+// image and in every rotated layer: each reads as through overlayfs at ovl (if not ""), the same data or the same
+// error. Then four goroutines open the chains that lead to a file at once, 50 times each, in turn read-only and
+// for writing (which copies a lower file up under the readers and changes the node's open mode), on the union and
+// then the same on overlayfs, and each open must succeed: an intermittent EIO of such an open after a rotation
+// was reported.
+func openChains(t *testing.T, mnt, ovl string, round int) {
+	t.Helper()
+	chains, err := filepath.Glob(filepath.Join(mnt, "*.a"))
+	if err != nil || len(chains) == 0 {
+		t.Fatalf("round %d: no symlink chains in the union (%v)", round, err)
+	}
+	var live []string
+	for _, c := range chains {
+		got, gotErr := os.ReadFile(c)
+		if ovl != "" {
+			want, wantErr := os.ReadFile(filepath.Join(ovl, filepath.Base(c)))
+			if string(got) != string(want) || (gotErr == nil) != (wantErr == nil) {
+				t.Errorf("round %d: through %s the union reads %q (%v), overlayfs %q (%v)", round,
+					filepath.Base(c), got, gotErr, want, wantErr)
+			}
+		}
+		if gotErr == nil {
+			live = append(live, c)
+		}
+	}
+	for _, m := range []string{mnt, ovl} { // the same opens on both, which copy up the same files
+		if m != "" {
+			openConcurrently(t, m, live, round)
+		}
+	}
+}
+
+// openConcurrently opens the names of chains (of the union) under m with four goroutines at once.
+func openConcurrently(t *testing.T, m string, chains []string, round int) {
+	t.Helper()
+	modes := []int{os.O_RDONLY, os.O_WRONLY | os.O_APPEND, os.O_RDONLY | syscall.O_NOATIME, os.O_RDWR}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				c := filepath.Join(m, filepath.Base(chains[(g+i)%len(chains)]))
+				f, err := os.OpenFile(c, modes[(g+i)%len(modes)], 0)
+				if err != nil {
+					t.Errorf("round %d: open through %s: %v", round, c, err)
+					return
+				}
+				if _, err := f.Stat(); err != nil {
+					t.Errorf("round %d: fstat through %s: %v", round, c, err)
+				}
+				f.Close()
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // describe describes the tree under root for comparison.
