@@ -257,7 +257,7 @@ func (n *Node) openIn(l *Layer, obj devIno, oflags int, st *unix.Stat_t) (int, s
 		if err != syscall.ENOENT && err != syscall.ELOOP && err != syscall.ESTALE {
 			return -1, n.parentStale(n.root.layerErrno(l, "open", name, err))
 		}
-		if attempt < 2 && l == n.holder() && n.moved(dirfd, name) {
+		if l == n.holder() && n.tryAgainMoved(attempt, dirfd, name) {
 			continue // moved meanwhile: try where it is now
 		}
 		if err == syscall.ESTALE && name != "" {

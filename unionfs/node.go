@@ -315,9 +315,19 @@ func (n *Node) locationIn(l *Layer) (dirfd int, name string, errno syscall.Errno
 	return d.fd, name, 0
 }
 
-// moved reports whether the non-directory n is no longer reached as dirfd and name: a rename or unlink in the
-// union moved it, or gave it a descriptor first (see keepByDescriptor), since the caller looked.
-func (n *Node) moved(dirfd int, name string) bool {
+// movedRetries bounds how often an operation is tried again because its node moved: a rename moves a node once
+// per request that renames it, so two tries more only fail when renames of the same file keep racing the
+// operation, and then it fails as the operation would have on a name that went away.
+const movedRetries = 2
+
+// tryAgainMoved reports whether an operation on the non-directory n that failed at dirfd and name, on its
+// attempt'th try (0 the first), should be tried again where n is now: a rename or unlink in the union moved n, or
+// gave it a descriptor first (see keepByDescriptor), since the caller looked, and the tries are not used up. The
+// operation must be one whose repetition is harmless (a lookup of the object, a change to an absolute value).
+func (n *Node) tryAgainMoved(attempt int, dirfd int, name string) bool {
+	if attempt >= movedRetries {
+		return false
+	}
 	d, nm, errno := n.location()
 	return errno == 0 && (d != dirfd || nm != name)
 }
@@ -353,7 +363,7 @@ func (n *Node) statSelf(st *unix.Stat_t) (merged bool, errno syscall.Errno) {
 		if err == nil && n.isObject(st) {
 			break
 		}
-		if (err == nil || err == syscall.ENOENT) && attempt < 2 && n.moved(dirfd, name) {
+		if (err == nil || err == syscall.ENOENT) && n.tryAgainMoved(attempt, dirfd, name) {
 			continue // a rename or unlink took the name meanwhile: see keepByDescriptor
 		}
 		if err != nil {

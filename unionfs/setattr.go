@@ -39,7 +39,7 @@ func (n *Node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	n.root.stats.count(opSetattr)
 	for attempt := 0; ; attempt++ {
 		dirfd, name, errno := n.setattrAt(ctx, f, in)
-		if errno == syscall.ENOENT && !n.isDir() && attempt < 2 && n.moved(dirfd, name) {
+		if errno == syscall.ENOENT && !n.isDir() && n.tryAgainMoved(attempt, dirfd, name) {
 			// A rename or unlink took the name meanwhile (see keepByDescriptor); every change is to an absolute
 			// value, so doing them again where the file is now is safe.
 			continue
