@@ -744,11 +744,8 @@ func RenameExchangeLower(t *testing.T, u Union) {
 	fillTree(t, u, "dir")
 	mnt := u.Mount(t)
 	err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(mnt, "file"), unix.AT_FDCWD, filepath.Join(mnt, "dir"), unix.RENAME_EXCHANGE)
-	if errors.Is(err, syscall.EXDEV) {
-		t.Skip("RENAME_EXCHANGE of a lower directory: EXDEV")
-	}
 	if err != nil {
-		t.Fatal(err)
+		t.Fatal(err) // EXDEV too: a union that renames lower directories (overlayfs with redirect_dir) exchanges them
 	}
 	wantContent(t, filepath.Join(mnt, "dir"), "i am a file")
 	wantTree(t, filepath.Join(mnt, "file"))

@@ -174,6 +174,22 @@ func MountTmpfs(t testing.TB, dir, size string) {
 	t.Cleanup(func() { Unmount(t, dir) })
 }
 
+// MountExt4 makes an ext4 filesystem of the given size (e.g. "64M") in an image file beside dir and mounts it on
+// dir through a loop device, until the test ends: a filesystem of another type than tmpfs, for copies the
+// kernel refuses across filesystem types.
+func MountExt4(t testing.TB, dir, size string) {
+	t.Helper()
+	RequireRoot(t)
+	RequireTool(t, "mkfs.ext4", "e2fsprogs")
+	img := dir + ".ext4"
+	Run(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img, size)
+	Run(t, "mount", "-o", "loop", img, dir)
+	t.Cleanup(func() {
+		Unmount(t, dir) // the loop device goes with the last unmount (autoclear)
+		os.Remove(img)
+	})
+}
+
 // MountOverlay mounts kernel overlayfs on mnt with the given lowers (topmost first), upper and work directories
 // and extra options, and unmounts it when the test ends.
 func MountOverlay(t testing.TB, lowers []string, upper, work, mnt string, extra ...string) {
