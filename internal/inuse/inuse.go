@@ -69,8 +69,9 @@ func mountUsing(mountinfo, canon string, same func(string) bool) string {
 		mnt, fstype, source, super := unescapeMount(f1[4]), f2[0], unescapeMount(f2[1]), f2[2]
 		switch {
 		case fstype == "overlay":
-			for _, opt := range splitOptions(super) {
-				if v, ok := strings.CutPrefix(opt, "upperdir="); ok && same(unescapeMount(v)) {
+			// Commas inside values are escaped in octal: every raw comma separates options.
+			for _, opt := range strings.Split(super, ",") {
+				if v, ok := strings.CutPrefix(opt, "upperdir="); ok && same(overlayPath(v)) {
 					return fmt.Sprintf("the overlayfs mount on %s", mnt)
 				}
 			}
@@ -86,20 +87,22 @@ func mountUsing(mountinfo, canon string, same func(string) bool) string {
 	return ""
 }
 
-// splitOptions splits a mount option list at the commas that overlayfs does not escape with a backslash.
-func splitOptions(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case ',':
-			out = append(out, s[start:i])
-			start = i + 1
-		}
+// overlayPath decodes a path overlayfs shows in its mount options: mountinfo escapes it in octal (see
+// unescapeMount) and then the path still holds the backslashes that escaped ',' and ':' in the options it was
+// mounted with ("upperdir=/a\,b" shows as upperdir=/a\134\054b).
+func overlayPath(v string) string {
+	v = unescapeMount(v)
+	if !strings.Contains(v, `\`) {
+		return v
 	}
-	return append(out, strings.ReplaceAll(s[start:], `\,`, ","))
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+1 < len(v) {
+			i++
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
 }
 
 // unescapeMount decodes the octal escapes of mountinfo fields (\040 for a space).
@@ -129,10 +132,10 @@ func branchPaths(s string) []string {
 		k, v, ok := strings.Cut(part, "=")
 		switch {
 		case !ok:
-		case k == "rw" || k == "upperdir" || k == "/rw" || k == "/cow":
-			out = append(out, v)
-		case strings.EqualFold(v, "RW"):
+		case strings.EqualFold(v, "RW"): // first: unionfs-fuse's branch may well be called /rw (/rw=RW)
 			out = append(out, k)
+		case k == "rw" || k == "upperdir":
+			out = append(out, v)
 		}
 	}
 	return out
