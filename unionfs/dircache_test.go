@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // The daemon refuses OPENDIR so that the kernel never sends OPENDIR/RELEASEDIR and caches every listing
@@ -209,9 +211,7 @@ func firstDifference(got, want []string) string {
 
 func dropCaches(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("dropping the kernel's caches needs root")
-	}
+	testutil.RequireRoot(t) // to drop the kernel's caches
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func TestPassthroughWriterOfFileMadeSetuid(t *testing.T) {
 	os.Chmod(ref, 0777)
 	mnt := u.Mount(t)
 	if !u.root.Stats().Passthrough {
-		t.Skip("no FUSE passthrough here")
+		testutil.Unavailable(t, "no FUSE passthrough here")
 	}
 	os.Chmod(mnt, 0777)
 	for _, dir := range []string{ref, mnt} {

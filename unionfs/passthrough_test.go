@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // passthroughUnion mounts a union with FUSE passthrough for files of every size and fails (or skips outside CI)
@@ -24,10 +26,7 @@ func passthroughUnion(t *testing.T) (*testUnion, string) {
 	os.WriteFile(filepath.Join(u.Lower(0), "f"), bytes.Repeat([]byte("A"), 1<<16), 0644)
 	mnt := u.Mount(t)
 	if !u.root.Stats().Passthrough {
-		if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" && os.Geteuid() == 0 {
-			t.Fatal("FUSE passthrough is not available on this kernel")
-		}
-		t.Skip("no FUSE passthrough here")
+		testutil.Unavailable(t, "no FUSE passthrough here")
 	}
 	return u, mnt
 }
@@ -175,10 +174,7 @@ func TestOpenModeBySize(t *testing.T) {
 	os.WriteFile(filepath.Join(u.Lower(0), "large"), large, 0644)
 	mnt := u.Mount(t)
 	if !u.root.Stats().Passthrough {
-		if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" && os.Geteuid() == 0 {
-			t.Fatal("FUSE passthrough is not available on this kernel")
-		}
-		t.Skip("no FUSE passthrough here")
+		testutil.Unavailable(t, "no FUSE passthrough here")
 	}
 	opens := func() (pt, cached uint64) {
 		s := u.root.Stats()

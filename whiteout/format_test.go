@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // upperDir makes an upper layer with a directory "d" and returns the layer root, the directory and its Dir.
@@ -41,12 +42,7 @@ func names(t *testing.T, dir string) []string {
 }
 
 func requireRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-			t.Fatal("needs root")
-		}
-		t.Skip("needs root")
-	}
+	testutil.RequireRoot(t)
 }
 
 // TestFormatsOnDisk checks what each format writes: whiteouts for absent and present upper objects, publishing

@@ -209,10 +209,7 @@ func TestGenCompletion(t *testing.T) {
 	const bashCompletion = "/usr/share/bash-completion/bash_completion"
 	if _, err := os.Stat(bashCompletion); err != nil {
 		// cobra's bash script needs bash-completion's _get_comp_words_by_ref, as every distribution provides.
-		if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-			t.Fatalf("%s is missing (apt-get install bash-completion; .ci/run does)", bashCompletion)
-		}
-		t.Skipf("%s is missing (apt-get install bash-completion)", bashCompletion)
+		testutil.Unavailable(t, bashCompletion+" is missing (apt-get install bash-completion; .ci/run does)")
 	}
 	// complete runs the completion function for a command line whose last word is being typed and prints the
 	// candidates one per line. compopt works only inside a real completion; outside one it is a no-op.

@@ -14,6 +14,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Unavailable skips the test because the machine lacks what it needs (why says what, and how to get it), or
+// fails it when LTSP_UNIONFS_REQUIRE_FUSE is set: CI sets it on a machine that has everything the tests need,
+// where a skip would count as a pass.
+func Unavailable(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
+		t.Fatalf("%s, and LTSP_UNIONFS_REQUIRE_FUSE says this machine has what the tests need", why)
+	}
+	t.Skip(why)
+}
+
 // RequireFUSE skips the test when /dev/fuse cannot be opened, unless LTSP_UNIONFS_REQUIRE_FUSE is set (CI sets
 // it), in which case the test fails: a missing FUSE device must never pass as a skip there.
 func RequireFUSE(t testing.TB) {
@@ -23,10 +34,7 @@ func RequireFUSE(t testing.TB) {
 		f.Close()
 		return
 	}
-	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-		t.Fatalf("LTSP_UNIONFS_REQUIRE_FUSE is set but /dev/fuse cannot be opened: %v", err)
-	}
-	t.Skipf("no usable /dev/fuse (%v); set LTSP_UNIONFS_REQUIRE_FUSE=1 to make this a failure", err)
+	Unavailable(t, fmt.Sprintf("no usable /dev/fuse (%v)", err))
 }
 
 // RequireRoot skips the test unless it runs as root, or fails it when LTSP_UNIONFS_REQUIRE_FUSE is set (CI runs
@@ -36,10 +44,7 @@ func RequireRoot(t testing.TB) {
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-		t.Fatal("this test needs root, and LTSP_UNIONFS_REQUIRE_FUSE says the environment provides it")
-	}
-	t.Skip("this test needs root")
+	Unavailable(t, "this test needs root")
 }
 
 // RequireTool skips the test when the program name is not installed, or fails it when LTSP_UNIONFS_REQUIRE_FUSE
@@ -49,10 +54,7 @@ func RequireTool(t testing.TB, name, pkg string) {
 	if _, err := exec.LookPath(name); err == nil {
 		return
 	}
-	if os.Getenv("LTSP_UNIONFS_REQUIRE_FUSE") != "" {
-		t.Fatalf("%s is not installed (apt-get install %s; .ci/run does)", name, pkg)
-	}
-	t.Skipf("%s is not installed (apt-get install %s)", name, pkg)
+	Unavailable(t, fmt.Sprintf("%s is not installed (apt-get install %s; .ci/run does)", name, pkg))
 }
 
 // MountInfo is one line of /proc/self/mountinfo.
