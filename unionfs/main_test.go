@@ -1,7 +1,6 @@
 package unionfs
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -21,46 +20,8 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
-	tmp, err := testutil.PackageTempDir("unionfs")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	dir := tmp + "/fixture"
-	if err := os.Mkdir(dir, 0755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fixtureDir = dir
-	if err := testutil.BuildFixture(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	before, err := testutil.Snapshot(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "snapshot:", err)
-		return 1
-	}
-	code := m.Run()
-	after, err := testutil.Snapshot(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "snapshot:", err)
-		return 1
-	}
-	if diffs := testutil.DiffSnapshots(before, after); len(diffs) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: the tests changed the lower layer fixture %s (%d objects):\n", dir, len(diffs))
-		for _, d := range diffs {
-			fmt.Fprintln(os.Stderr, d)
-		}
-		return 1
-	}
-	if code == 0 {
-		fmt.Printf("lower layer fixture unchanged after all tests: %d objects compared\n", len(before))
-	}
-	if left := testutil.UnionMounts(tmp); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: the tests left ltsp-unionfs mounts behind: %v\n", left)
-		return 1
-	}
-	return code
+	return testutil.RunPackage(m, "unionfs", func(_, fixture string) error {
+		fixtureDir = fixture
+		return nil
+	})
 }

@@ -33,52 +33,18 @@ func runTests(m *testing.M) int {
 	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
 		return m.Run() // a fuzzing worker runs one fuzz target, which needs neither the binary nor the fixture
 	}
-	tmp, err := testutil.PackageTempDir("cli")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	packageTmp = tmp
-	defer os.RemoveAll(tmp)
-	binary = filepath.Join(tmp, "ltsp-unionfs")
-	args := []string{"build", "-o", binary}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building ltsp-unionfs: %v\n%s", err, out)
-		return 1
-	}
-	fixtureDir = filepath.Join(tmp, "fixture")
-	os.Mkdir(fixtureDir, 0755)
-	if err := testutil.BuildFixture(fixtureDir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	before, err := testutil.Snapshot(fixtureDir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	code := m.Run()
-	after, err := testutil.Snapshot(fixtureDir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if diffs := testutil.DiffSnapshots(before, after); len(diffs) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: the tests changed the lower layer fixture (%d objects):\n%s\n", len(diffs),
-			strings.Join(diffs, "\n"))
-		return 1
-	}
-	if left := testutil.UnionMounts(tmp); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: the tests left ltsp-unionfs mounts behind: %v\n", left)
-		for _, m := range left {
-			exec.Command("umount", "-l", m).Run()
+	return testutil.RunPackage(m, "cli", func(tmp, fixture string) error {
+		packageTmp, fixtureDir = tmp, fixture
+		binary = filepath.Join(tmp, "ltsp-unionfs")
+		args := []string{"build", "-o", binary}
+		if raceEnabled {
+			args = append(args, "-race")
 		}
-		return 1
-	}
-	return code
+		if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
+			return fmt.Errorf("building ltsp-unionfs: %v\n%s", err, out)
+		}
+		return nil
+	})
 }
 
 // result is what one run of the binary did.
