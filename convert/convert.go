@@ -62,10 +62,7 @@ func Convert(upper string, opt Options) (*Result, error) {
 	if err := check.RefuseInUse(upper); err != nil {
 		return nil, err
 	}
-	c := &converter{opt: opt, to: f, root: rootfd, res: &Result{}}
-	if u, ok := f.(whiteout.Unionfs); ok {
-		c.meta = u.MetaDir
-	}
+	c := &converter{opt: opt, to: f, root: rootfd, res: &Result{}, meta: f.MarkerTree()}
 	metas := openMetas(rootfd)
 	var stack *check.Stack
 	if len(opt.Lowers) > 0 {
@@ -132,25 +129,12 @@ func subMetas(metas []metaDir, name string) []metaDir {
 	return out
 }
 
-// aufsBase is the marker by which aufs (and the union) recognise an aufs-format upper at its root.
-const aufsBase = whiteout.AufsPrefix + whiteout.AufsPrefix + "aufs"
-
-// declare makes the upper declare the target format at its root before any marker is written: aufs's base
-// marker, or unionfs-fuse's meta directory.
+// declare makes the upper declare the target format at its root before any marker is written (see
+// whiteout.Format.Declare).
 func (c *converter) declare() error {
 	defer check.KeepTimes(c.root)()
-	switch {
-	case c.to.Name() == "aufs":
-		fd, err := sysx.Openat(c.root, aufsBase, unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL, 0444)
-		if err == nil {
-			unix.Close(fd)
-		} else if !errors.Is(err, syscall.EEXIST) {
-			return fmt.Errorf("creating %s: %w", aufsBase, err)
-		}
-	case c.meta != "":
-		if err := unix.Mkdirat(c.root, c.meta, 0700); err != nil && !errors.Is(err, syscall.EEXIST) {
-			return fmt.Errorf("creating %s: %w", c.meta, err)
-		}
+	if err := c.to.Declare(c.root); err != nil {
+		return fmt.Errorf("declaring the %s format at the upper's root: %w", c.to.Name(), err)
 	}
 	return nil
 }

@@ -116,8 +116,7 @@ func (n *Node) attrsChanged() {
 // metacopy reports whether the union makes metadata-only copies. Only overlay-format uppers get them: kernel
 // overlayfs (mounted with metacopy=on) reads them, while aufs and unionfs-fuse would show their empty data.
 func (r *Root) metacopy() bool {
-	_, ok := r.format.(whiteout.Overlay)
-	return ok
+	return r.format.Metacopies()
 }
 
 // upperDir returns directory n's upper directory, if it has one.
@@ -132,7 +131,7 @@ func (n *Node) upperDir() (layerDir, bool) {
 // refreshMeta gives directory n and its ancestors the upper layer's unionfs-fuse marker directories after a
 // marker was written under n (which creates them along n's path), so that lookups see the marker.
 func (n *Node) refreshMeta() {
-	if _, ok := n.root.format.(whiteout.Unionfs); !ok {
+	if n.root.format.MarkerTree() == "" {
 		return
 	}
 	up := n.root.layers.Upper()

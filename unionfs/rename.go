@@ -153,7 +153,7 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if srcNode.isRegular() {
 		n.keepByDescriptor(nUp, name) // see there: requests racing with the move find the file by its descriptor
 	}
-	if errno := n.moveUpper(nUp, nDir, name, mUp, mDir, newName, src.isDir(), srcBelow, replaceMarker); errno != 0 {
+	if errno := n.moveUpper(nUp, nDir, name, mDir, newName, src.isDir(), srcBelow, replaceMarker); errno != 0 {
 		return errno
 	}
 	srcNode.afterMove(srcOpaque)
@@ -299,61 +299,10 @@ func (n *Node) clearUpperDir(up layerDir, d whiteout.Dir, name string) syscall.E
 
 // moveUpper renames the upper object name in nUp to newName in mUp, leaving a whiteout behind if lower objects
 // of the old name would show (srcBelow) and replacing a marker of the new name (replaceMarker).
-func (n *Node) moveUpper(nUp layerDir, nDir whiteout.Dir, name string, mUp layerDir, mDir whiteout.Dir, newName string,
+func (n *Node) moveUpper(nUp layerDir, nDir whiteout.Dir, name string, mDir whiteout.Dir, newName string,
 	isDir, srcBelow, replaceMarker bool) syscall.Errno {
-	f := n.root.format
-	fail := func(err error) syscall.Errno { return n.root.layerErrno(nUp.layer, "rename", name, err) }
-	if _, ok := f.(whiteout.Overlay); ok {
-		if replaceMarker && isDir {
-			// rename(2) cannot put a directory over the whiteout: exchange them instead, which leaves the
-			// whiteout at the old name, where it is wanted if lower objects would show there.
-			if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, unix.RENAME_EXCHANGE); err != nil {
-				return fail(err)
-			}
-			if !srcBelow {
-				if err := unix.Unlinkat(nUp.fd, name, 0); err != nil {
-					return fail(err)
-				}
-			}
-			return 0
-		}
-		var wflag uint
-		if srcBelow {
-			wflag = unix.RENAME_WHITEOUT
-		}
-		err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, wflag)
-		if err == syscall.EINVAL && wflag != 0 {
-			// No RENAME_WHITEOUT on this filesystem: rename, then white the old name out.
-			if err = unix.Renameat2(nUp.fd, name, mUp.fd, newName, 0); err == nil {
-				_, err = f.Hide(nDir, name, whiteout.TempName())
-			}
-		}
-		if err != nil {
-			return fail(err)
-		}
-		return 0
-	}
-	if srcBelow {
-		if _, err := f.Hide(nDir, name, whiteout.TempName()); err != nil {
-			return fail(err)
-		}
-	}
-	if replaceMarker {
-		// These formats' markers live beside the name, which is free in the upper layer: the object moves there
-		// in one rename, then the marker goes. Were the daemon killed in between, the object shows at its new
-		// name (a marker beside an object hides nothing of it; beside a directory it makes it opaque, as a moved
-		// directory is), never under a temporary name at neither of its names.
-		if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, unix.RENAME_NOREPLACE); err != nil {
-			return fail(err)
-		}
-		if err := f.Publish(mDir, newName, newName, isDir); err != nil {
-			unix.Renameat2(mUp.fd, newName, nUp.fd, name, unix.RENAME_NOREPLACE)
-			return fail(err)
-		}
-		return 0
-	}
-	if err := unix.Renameat2(nUp.fd, name, mUp.fd, newName, 0); err != nil {
-		return fail(err)
+	if err := n.root.format.Move(nDir, name, mDir, newName, isDir, srcBelow, replaceMarker); err != nil {
+		return n.root.layerErrno(nUp.layer, "rename", name, err)
 	}
 	return 0
 }

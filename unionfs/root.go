@@ -176,22 +176,15 @@ func (r *Root) chooseFormat() error {
 			r.format = whiteout.Aufs{}
 		}
 	}
-	switch f := r.format.(type) {
-	case whiteout.Aufs:
-		up.aufs = true
-	case whiteout.Unionfs:
-		if up.meta < 0 {
-			if legacy, ok := whiteout.Detect(up.fd); ok {
-				if u, ok := legacy.(whiteout.Unionfs); ok {
-					f.MetaDir = u.MetaDir
-					r.format = f
-				}
-			}
-			if err := unix.Mkdirat(up.fd, f.MetaDir, 0700); err != nil && err != unix.EEXIST {
-				return fmt.Errorf("%s: creating %s: %w", up, f.MetaDir, err)
-			}
-			up.openMeta()
+	r.format = whiteout.ForUpper(r.format, up.fd)
+	if !r.cfg.ReadOnly {
+		if err := r.format.Declare(up.fd); err != nil {
+			return fmt.Errorf("%s: preparing it for %s markers: %w", up, r.format.Name(), err)
 		}
+	}
+	up.aufs = hasAufsMarkers(up.fd)
+	if up.meta < 0 {
+		up.openMeta()
 	}
 	return nil
 }

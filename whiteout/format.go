@@ -54,6 +54,40 @@ type Format interface {
 	// Redirect records that the upper directory dirfd takes its lower content from the lower directory at path
 	// (absolute from the layer roots, beginning with "/") or called path in the same parent (no "/").
 	Redirect(dirfd int, path string) error
+
+	// Move renames the upper object name in src to newName in dst, both directories of the upper layer. hideOld
+	// leaves name hiding the lower objects of that name; replaceMarker says a whiteout of this format hides newName
+	// and is to be replaced by the object. isDir says whether the object is a directory. The object is never
+	// visible under neither name, nor a lower object at newName once it is there.
+	Move(src Dir, name string, dst Dir, newName string, isDir, hideOld, replaceMarker bool) error
+
+	// Metacopies reports whether an upper layer in this format may hold metadata-only copies: kernel overlayfs
+	// (metacopy=on) follows them to the data, aufs and unionfs-fuse would show their empty data.
+	Metacopies() bool
+
+	// MarkerTree returns the directory at the upper layer's root that holds this format's markers by path
+	// (unionfs-fuse's meta directory), or "" if the markers live in the directories they concern.
+	MarkerTree() string
+
+	// Declare readies the upper layer whose root is the directory root for this format's markers, before any is
+	// written: aufs's base marker, unionfs-fuse's meta directory. Readers (Detect, aufs) recognize the format by them.
+	Declare(root int) error
+}
+
+// ForUpper returns the format to write into the upper layer whose root is the directory root, given the format f
+// chosen for it: f, except that unionfs-fuse keeps the meta directory the layer already has (1.0's, say), so that
+// an upper written by unionfs-fuse 1.0 stays readable by it.
+func ForUpper(f Format, root int) Format {
+	u, ok := f.(Unionfs)
+	if !ok {
+		return f
+	}
+	if have, ok := Detect(root); ok {
+		if h, ok := have.(Unionfs); ok {
+			u.MetaDir = h.MetaDir
+		}
+	}
+	return u
 }
 
 // Formats lists the formats by name. "unionfs-fuse" is the layout of unionfs-fuse 2.0 and later; "unionfs-fuse-1.0"

@@ -111,6 +111,15 @@ func (Overlay) Redirect(dirfd int, path string) error {
 	return sysx.Setxattrat(dirfd, "", OverlayRedirectXattr, []byte(path), 0)
 }
 
+// Metacopies implements Format.
+func (Overlay) Metacopies() bool { return true }
+
+// MarkerTree implements Format.
+func (Overlay) MarkerTree() string { return "" }
+
+// Declare implements Format: overlay's markers need nothing first.
+func (Overlay) Declare(int) error { return nil }
+
 // Aufs writes aufs's markers: ".wh.NAME" files beside the names they hide and ".wh..wh..opq" in opaque
 // directories. They need no privilege, so this is the format of unprivileged daemons. A name longer than 251 bytes
 // cannot be whited out (ENAMETOOLONG), as in aufs.
@@ -180,6 +189,15 @@ func (Aufs) Redirects() bool { return false }
 
 // Redirect implements Format.
 func (Aufs) Redirect(int, string) error { return syscall.EXDEV }
+
+// Metacopies implements Format.
+func (Aufs) Metacopies() bool { return false }
+
+// MarkerTree implements Format.
+func (Aufs) MarkerTree() string { return "" }
+
+// Declare implements Format: aufs's base marker.
+func (Aufs) Declare(root int) error { return createMarker(root, aufsBase) }
 
 // Unionfs writes unionfs-fuse's markers: a whiteout of PATH is the file META/PATH_HIDDEN~, where META is the meta
 // directory at the root of the upper layer. A directory that exists in the upper layer and has such a marker
@@ -302,6 +320,20 @@ func (Unionfs) Redirects() bool { return false }
 
 // Redirect implements Format.
 func (Unionfs) Redirect(int, string) error { return syscall.EXDEV }
+
+// Metacopies implements Format.
+func (Unionfs) Metacopies() bool { return false }
+
+// MarkerTree implements Format.
+func (u Unionfs) MarkerTree() string { return u.MetaDir }
+
+// Declare implements Format: the meta directory.
+func (u Unionfs) Declare(root int) error {
+	if err := unix.Mkdirat(root, u.MetaDir, 0700); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
+}
 
 // removeEntries removes the entries of the directory dirfd for which match is true.
 func removeEntries(dirfd int, match func(name string, typ uint8) bool) error {
