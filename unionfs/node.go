@@ -5,7 +5,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -163,46 +162,6 @@ func (r *Root) newDirNode(dirs []layerDir, metas []metaDir, redirect string) *No
 // newFileNode makes a node for the non-directory st living in layer l.
 func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
 	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}
-}
-
-// forgetGrace is how long a forgotten node keeps its descriptors (see OnForget).
-const forgetGrace = 2 * time.Second
-
-// OnForget is called when the kernel has forgotten the node. Its descriptors are closed after forgetGrace, if
-// the node is still forgotten then.
-//
-// Why not at once: go-fuse calls OnForget after it has dropped the node's registration, outside its locks. A
-// LOOKUP that found the node just before (as the parent's child, or by its identity in NewInode) registers it
-// again under its old node ID, before or after this call, and the kernel then uses a node whose descriptors
-// would be closed: every request on it, and the kernel's LOOKUP_REVAL retry (which gets the same node back),
-// would fail with ESTALE. Such a lookup registers the node within microseconds; a node registered again is
-// closed at its next OnForget instead.
-func (n *Node) OnForget() {
-	n.root.stats.count(opForget)
-	if n.isStale() {
-		n.forgetStale()
-	}
-	time.AfterFunc(forgetGrace, n.closeIfForgotten)
-}
-
-// closeIfForgotten closes n's descriptors unless the kernel knows n again. A node a lookup registered again is in
-// its parent's directory again (go-fuse takes every node out of its parents when the kernel forgets it); nodes
-// the kernel knows without a name (O_TMPFILE files) cannot be looked up again.
-func (n *Node) closeIfForgotten() {
-	if _, p := n.Parent(); p != nil {
-		return
-	}
-	n.mu.Lock()
-	n.dirs, n.metas = nil, nil
-	anon := n.anon
-	n.anon = -1
-	n.mu.Unlock()
-	if n.owned != nil {
-		n.owned.close()
-	}
-	if anon >= 0 {
-		unix.Close(anon) // no request can use it any more: the kernel forgets a node no request holds
-	}
 }
 
 // unionNode gives access to the Node embedded in a Root or used directly.

@@ -84,6 +84,8 @@ type Root struct {
 	passthrough atomic.Bool  // opens may use FUSE passthrough (set once the kernel has said it supports it)
 	procfd      int          // /proc, opened at start: it must still work after switch_root moves /proc; or -1
 
+	forgotten forgetQueue // nodes the kernel forgot, whose descriptors close after forgetGrace
+
 	staleMu   sync.Mutex
 	staleGens map[uint64]uint64 // inode number → latest generation of a stale node still registered; protected by staleMu
 }
