@@ -58,6 +58,37 @@
 // format). Deleting a lower name writes a whiteout in the format of package whiteout that the mount writes;
 // renaming a lower directory redirects it (overlay) or copies its subtree (aufs, unionfs-fuse).
 //
+// # Locking
+//
+// Locks are taken in this order, outermost first; none is taken while a later one is held.
+//
+//  1. serialOpens' lock of a kernel node ID, held across a whole OPEN or RELEASE, go-fuse's backing-file
+//     bookkeeping included.
+//  2. dirHandle.mu, held while a listing is built (go-fuse's lock of the directory handle is outside it).
+//  3. Node.openMu: a non-directory's, then its parent directory's (Open's parentStale). A directory's openMu
+//     is held only briefly, by isStale and around markStale.
+//  4. Node.copyMu. Copy-ups run from the root down: each ancestor's copyMu is taken and released in turn,
+//     then the node's own, so no goroutine holds two. A child's openMu may be held meanwhile (Open).
+//  5. Node.mu, of one node at a time. A node's copyMu may be held while its parent's mu is read.
+//  6. fdSet.mu, under Node.mu (addMeta) or copyMu (ensureUpperDir).
+//
+// Leaves, under which nothing is taken: file.mu, Root.staleMu, inoMap.mu and forgetQueue.mu.
+// handleFreeDirs.mu and nodeLocks.mu are never held together with any other lock.
+//
+// go-fuse's Inode.mu and identity-table lock, taken by Parent, GetChild, AddChild, Children, Path and
+// NewInode, are innermost: go-fuse never calls into the union while it holds them, so those calls are safe
+// under any lock above. RmChild, MvChild, ForgetPersistent and RmAllChildren may call OnForget, which takes
+// openMu, staleMu and forgetQueue.mu: never make them while holding a Node lock. go-fuse itself calls the
+// union under its backingMu (ptFile.PassthroughFd takes file.mu) and under a directory handle's lock
+// (Readdirent and Seekdir take dirHandle.mu, READDIRPLUS lookups openMu): both rank between 1 and 2.
+//
+// Notifications are writes to /dev/fuse that the kernel carries out before the write returns. NotifyContent
+// with a negative offset only drops cached attributes, under spinlocks, so attrsChanged may run under any
+// lock and inside any request. With an offset of 0 or more it waits for page locks that reads hold while they
+// wait for the daemon; NotifyEntry and NotifyDelete lock the directory's inode, which the kernel holds across
+// LOOKUP, READDIR, CREATE, UNLINK, RENAME and the like. Send those from a goroutine of their own that holds
+// no lock, as staleDir does.
+//
 // # Caching
 //
 // The lower layers are immutable and every change goes through the daemon, so the kernel may cache entries,

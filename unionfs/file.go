@@ -29,7 +29,7 @@ type file struct {
 	node        *Node // immutable
 	flags       int   // the flags the layer file is open with; immutable
 	writable    bool  // open for writing (so open on the upper object); immutable
-	passthrough bool  // the kernel does the I/O on the backing file (see ptFile); set by register
+	passthrough bool  // the kernel does the I/O on the backing file (see ptFile); set by register before n.handles has f
 
 	mu      sync.RWMutex
 	fd      int   // protected by mu; -1 after Release
@@ -190,12 +190,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 	}
-	n.mu.RLock()
-	l, obj := n.layer, n.obj
-	if n.data != nil && !writable {
-		l, obj = n.data, n.dataObj
-	}
-	n.mu.RUnlock()
+	l, obj := n.openTarget(writable)
 	if n.ptOpens > 0 && obj != n.ptObj {
 		// Live passthrough opens read another file (the lower one this node was copied up from), and the kernel
 		// allows one backing file per inode: this open must land on another node. Once they are all released,
@@ -227,7 +222,24 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
 	fh, fuseFlags := n.register(f, obj, st.Size, st.Mode)
+	if _, now := n.openTarget(writable); now != obj && !f.passthrough {
+		// A copy-up made by a request that does not take openMu (Setattr, Link, Rename, xattrs) ended while this
+		// file was opened, after it re-pointed the node's open files: give this one the copy too, as every cached
+		// reader gets it. (A passthrough reader keeps the file it registered, as overlayfs's readers do.)
+		n.repointHandles(n.holder())
+	}
 	return fh, fuseFlags, 0
+}
+
+// openTarget returns the layer and object an open of n reads and writes now: its own object, or for a read-only
+// open of a metadata-only copy, the lower data.
+func (n *Node) openTarget(writable bool) (*Layer, devIno) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if n.data != nil && !writable {
+		return n.data, n.dataObj
+	}
+	return n.layer, n.obj
 }
 
 // openIn opens obj, the object of n in layer l, with oflags, and stats it into st. A rename or unlink in the union
@@ -288,16 +300,16 @@ func (n *Node) openIn(l *Layer, obj devIno, oflags int, st *unix.Stat_t) (int, s
 //
 // Preconditions: n.openMu is held (or n is new and unknown to the kernel).
 func (n *Node) register(f *file, obj devIno, size int64, mode uint32) (fs.FileHandle, uint32) {
+	f.passthrough = n.root.passthrough.Load() && n.cachedOpens == 0 &&
+		(n.ptOpens > 0 || f.writable && !isSxid(mode) || !f.writable && size >= n.root.cfg.PassthroughMinSize)
+	// Published after its mode is set: repointHandles reads it under n.mu only.
 	n.mu.Lock()
 	if n.handles == nil {
 		n.handles = make(map[*file]bool)
 	}
 	n.handles[f] = true
 	n.mu.Unlock()
-	usePassthrough := n.root.passthrough.Load() && n.cachedOpens == 0 &&
-		(n.ptOpens > 0 || f.writable && !isSxid(mode) || !f.writable && size >= n.root.cfg.PassthroughMinSize)
-	if usePassthrough {
-		f.passthrough = true
+	if f.passthrough {
 		n.ptOpens++
 		n.ptObj = obj
 		if f.writable {

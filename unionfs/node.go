@@ -84,16 +84,14 @@ func (s *fdSet) close() {
 	s.fds = nil
 }
 
-// Node is a file or directory of the merged view.
-//
-// Lock order: a node's openMu, then its copyMu, then its mu; a parent's copyMu is never taken while a child's is
-// held (copy-ups run from the root down, each releasing its lock before the next starts).
+// Node is a file or directory of the merged view. Its locks are taken in the order doc.go's "Locking" gives:
+// openMu, then copyMu, then mu, with the rules between nodes stated there.
 type Node struct {
 	fs.Inode
 
 	root *Root // immutable
 
-	openMu      sync.Mutex // serialises opens and releases with the passthrough bookkeeping and copy-ups they make
+	openMu      sync.Mutex // serialises opens and releases with the passthrough bookkeeping and the copy-ups opens make
 	stale       bool       // live passthrough opens pin an object the name no longer shows: refuse opens; protected by openMu
 	ptOpens     int        // live passthrough opens; protected by openMu
 	cachedOpens int        // live opens through the page cache; protected by openMu

@@ -243,3 +243,31 @@ func TestStaleRetryUnderEviction(t *testing.T) {
 		t.Errorf("%d stale-node retries for %d files: the test did not exercise the retry", got, files)
 	}
 }
+
+// TestRegisterPublishesModeFirst: register decides a file's mode (passthrough or cached) before it puts the file
+// among the node's handles, where repointHandles, run by copy-ups that do not take openMu (Setattr, Link,
+// Rename), reads the mode under the node's mu only. The race detector reported the field written after the
+// file was published.
+func TestRegisterPublishesModeFirst(t *testing.T) {
+	r := &Root{}
+	r.root = r
+	r.passthrough.Store(true)
+	up := &Layer{Index: 0}
+	n := &Node{root: r, layer: up, anon: -1}
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		f := &file{node: n, fd: -1}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			n.openMu.Lock()
+			n.register(f, devIno{}, 1, 0)
+			n.openMu.Unlock()
+		}()
+		go func() {
+			defer wg.Done()
+			n.repointHandles(up)
+		}()
+	}
+	wg.Wait()
+}
