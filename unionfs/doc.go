@@ -65,8 +65,8 @@
 //  1. serialOpens' lock of a kernel node ID, held across a whole OPEN or RELEASE, go-fuse's backing-file
 //     bookkeeping included.
 //  2. dirHandle.mu, held while a listing is built (go-fuse's lock of the directory handle is outside it).
-//  3. Node.openMu: a non-directory's, then its parent directory's (Open's parentStale). A directory's openMu
-//     is held only briefly, by isStale and around markStale.
+//  3. Node.openMu, of one node: taken by Open, Release and Create only. Lookups and listings never wait for it
+//     (a node's staleness is an atomic flag), so a long copy-up made by an open delays no stat or ls.
 //  4. Node.copyMu. Copy-ups run from the root down: each ancestor's copyMu is taken and released in turn,
 //     then the node's own, so no goroutine holds two. A child's openMu may be held meanwhile (Open).
 //  5. Node.mu, of one node at a time. A node's copyMu may be held while its parent's mu is read.
@@ -78,9 +78,9 @@
 // go-fuse's Inode.mu and identity-table lock, taken by Parent, GetChild, AddChild, Children, Path and
 // NewInode, are innermost: go-fuse never calls into the union while it holds them, so those calls are safe
 // under any lock above. RmChild, MvChild, ForgetPersistent and RmAllChildren may call OnForget, which takes
-// openMu, staleMu and forgetQueue.mu: never make them while holding a Node lock. go-fuse itself calls the
-// union under its backingMu (ptFile.PassthroughFd takes file.mu) and under a directory handle's lock
-// (Readdirent and Seekdir take dirHandle.mu, READDIRPLUS lookups openMu): both rank between 1 and 2.
+// staleMu and forgetQueue.mu: never make them while holding a Node lock. go-fuse itself calls the union under
+// its backingMu (ptFile.PassthroughFd takes file.mu) and under a directory handle's lock (Readdirent and
+// Seekdir take dirHandle.mu, READDIRPLUS lookups what lookups take): both rank between 1 and 2.
 //
 // Notifications are writes to /dev/fuse that the kernel carries out before the write returns. NotifyContent
 // with a negative offset only drops cached attributes, under spinlocks, so attrsChanged may run under any

@@ -172,7 +172,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	writable := wantsWrite(flags)
 	n.openMu.Lock()
 	defer n.openMu.Unlock()
-	if n.stale {
+	if n.stale.Load() {
 		n.root.stats.staleRetries.Add(1)
 		return nil, 0, syscall.ESTALE
 	}

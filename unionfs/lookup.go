@@ -544,11 +544,11 @@ func (r *Root) afterStale(ino, gen uint64) uint64 {
 }
 
 // markStale records that n gives its name up to a new node: lookups of its object make nodes of a later
-// generation while n lives.
-//
-// Preconditions: n.openMu is held.
-func (n *Node) markStale() {
-	n.stale = true
+// generation while n lives. It reports whether n was not stale before.
+func (n *Node) markStale() bool {
+	if !n.stale.CompareAndSwap(false, true) {
+		return false
+	}
 	id := n.StableAttr()
 	r := n.root
 	r.staleMu.Lock()
@@ -559,6 +559,7 @@ func (n *Node) markStale() {
 	if g := r.staleGens[id.Ino]; g < id.Gen {
 		r.staleGens[id.Ino] = id.Gen
 	}
+	return true
 }
 
 // forgetStale drops the record of a stale node the kernel has forgotten.
@@ -580,13 +581,7 @@ func (n *Node) staleDir(errno syscall.Errno) syscall.Errno {
 	if errno != syscall.ESTALE || n.IsRoot() {
 		return errno
 	}
-	n.openMu.Lock()
-	stale := n.stale
-	if !stale {
-		n.markStale()
-	}
-	n.openMu.Unlock()
-	if p, name := n.parentNode(); p != nil && !stale {
+	if p, name := n.parentNode(); n.markStale() && p != nil {
 		// Not from within the request: the kernel may hold locks the notification needs.
 		go p.NotifyEntry(name)
 	}
@@ -605,9 +600,7 @@ func (n *Node) parentStale(errno syscall.Errno) syscall.Errno {
 
 // isStale reports whether n gave its name up to a new node (see Open).
 func (n *Node) isStale() bool {
-	n.openMu.Lock()
-	defer n.openMu.Unlock()
-	return n.stale
+	return n.stale.Load()
 }
 
 // live reports whether n can still serve requests: a forgotten directory has closed its descriptors.

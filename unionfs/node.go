@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -91,12 +92,12 @@ type Node struct {
 
 	root *Root // immutable
 
-	openMu      sync.Mutex // serialises opens and releases with the passthrough bookkeeping and the copy-ups opens make
-	stale       bool       // live passthrough opens pin an object the name no longer shows: refuse opens; protected by openMu
-	ptOpens     int        // live passthrough opens; protected by openMu
-	cachedOpens int        // live opens through the page cache; protected by openMu
-	ptObj       devIno     // the object live passthrough opens of n use (set by the first, cleared with the last); protected by openMu
-	pagesStale  bool       // a passthrough writer may have left the kernel's cached pages stale; protected by openMu
+	openMu      sync.Mutex  // serialises opens and releases with the passthrough bookkeeping and the copy-ups opens make
+	stale       atomic.Bool // live passthrough opens pin an object the name no longer shows, or a layer directory went stale: refuse opens and lookups; set once (markStale), never cleared; atomic: lookups must not wait for openMu, which an open holds across its copy-up
+	ptOpens     int         // live passthrough opens; protected by openMu
+	cachedOpens int         // live opens through the page cache; protected by openMu
+	ptObj       devIno      // the object live passthrough opens of n use (set by the first, cleared with the last); protected by openMu
+	pagesStale  bool        // a passthrough writer may have left the kernel's cached pages stale; protected by openMu
 
 	copyMu sync.Mutex // serialises copy-ups of this node
 
