@@ -173,7 +173,7 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	child := asNode(inode)
 	f := &file{node: child, fd: fd, flags: unix.O_RDWR, writable: true}
 	child.openMu.Lock()
-	fh, fuseFlags := child.register(f, child.obj, 0, mode)
+	fh, fuseFlags := child.registerLocked(f, child.obj, 0, mode)
 	child.openMu.Unlock()
 	return inode, fh, fuseFlags, 0
 }
@@ -322,7 +322,7 @@ func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child := n.root.newFileNode(up.layer, &st)
 	child.anon = anon
 	f := &file{node: child, fd: s.TakeFd(), flags: unix.O_RDWR, writable: true}
-	fh, fuseFlags := child.register(f, child.obj, 0, st.Mode)
+	fh, fuseFlags := child.registerLocked(f, child.obj, 0, st.Mode)
 	ino := n.root.inos.ino(devIno{st.Dev, st.Ino})
 	fillAttr(&out.Attr, &st, ino, false)
 	inode := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: ino, Gen: 1})

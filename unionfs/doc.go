@@ -36,7 +36,7 @@
 //
 // With FUSE passthrough the kernel keeps one I/O mode (page cache or passthrough) and one backing file per inode
 // while any descriptor of it is open; an open that breaks either fails with EIO. The node counts its live opens
-// by mode and hands out what fits (register): passthrough while passthrough opens are live, cached while cached
+// by mode and hands out what fits (registerLocked): passthrough while passthrough opens are live, cached while cached
 // ones are. Releases reach the daemon after the kernel has dropped the file, so the daemon's counts never show
 // fewer opens than the kernel's; serialOpens keeps go-fuse's backing-file bookkeeping in step with them.
 //

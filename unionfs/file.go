@@ -29,7 +29,7 @@ type file struct {
 	node        *Node // immutable
 	flags       int   // the flags the layer file is open with; immutable
 	writable    bool  // open for writing (so open on the upper object); immutable
-	passthrough bool  // the kernel does the I/O on the backing file (see ptFile); set by register before n.handles has f
+	passthrough bool  // the kernel does the I/O on the backing file (see ptFile); set by registerLocked before n.handles has f
 
 	mu      sync.RWMutex
 	fd      int   // protected by mu; -1 after Release
@@ -221,7 +221,7 @@ func (n *Node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		sysx.Fstat(fd, &st)
 	}
 	f := &file{node: n, fd: fd, flags: oflags, writable: writable}
-	fh, fuseFlags := n.register(f, obj, st.Size, st.Mode)
+	fh, fuseFlags := n.registerLocked(f, obj, st.Size, st.Mode)
 	if _, now := n.openTarget(writable); now != obj && !f.passthrough {
 		// A copy-up made by a request that does not take openMu (Setattr, Link, Rename, xattrs) ended while this
 		// file was opened, after it re-pointed the node's open files: give this one the copy too, as every cached
@@ -284,22 +284,23 @@ func (n *Node) openIn(l *Layer, obj devIno, oflags int, st *unix.Stat_t) (int, s
 	}
 }
 
-// register records a new open file of n, of size bytes, and returns the handle go-fuse gets and the open flags
-// for the kernel.
+// registerLocked records a new open file of n, of size bytes, and returns the handle go-fuse gets and the open
+// flags for the kernel.
 //
 // The handle is a passthrough one when the mount uses passthrough, n has no live cached opens, and the file is
 // opened for writing or holds at least Config.PassthroughMinSize bytes. A writer of a setuid or setgid file (mode)
-// gets a cached handle, so that its writes reach the daemon, which clears the bits (killpriv.go). Smaller files opened for reading go
-// through the page cache: after its first read such a file costs one OPEN and one RELEASE per open, while a
-// passthrough open also registers a backing file and makes every read drop the inode's cached atime, which costs
-// the next stat a GETATTR. Large files and writers gain more from passthrough: no request per read or write.
+// gets a cached handle, so that its writes reach the daemon, which clears the bits (killpriv.go). Smaller files
+// opened for reading go through the page cache: after its first read such a file costs one OPEN and one RELEASE
+// per open, while a passthrough open also registers a backing file and makes every read drop the inode's cached
+// atime, which costs the next stat a GETATTR. Large files and writers gain more from passthrough: no request per
+// read or write.
 //
 // Cached opens keep the kernel's page cache (FOPEN_KEEP_CACHE): every change goes through the daemon or, with
 // passthrough, through the backing file, so the only pages that can be stale are those cached before a
 // passthrough writer; the first cached open after one drops them.
 //
 // Preconditions: n.openMu is held (or n is new and unknown to the kernel).
-func (n *Node) register(f *file, obj devIno, size int64, mode uint32) (fs.FileHandle, uint32) {
+func (n *Node) registerLocked(f *file, obj devIno, size int64, mode uint32) (fs.FileHandle, uint32) {
 	f.passthrough = n.root.passthrough.Load() && n.cachedOpens == 0 &&
 		(n.ptOpens > 0 || f.writable && !isSxid(mode) || !f.writable && size >= n.root.cfg.PassthroughMinSize)
 	// Published after its mode is set: repointHandles reads it under n.mu only.

@@ -244,7 +244,7 @@ func TestStaleRetryUnderEviction(t *testing.T) {
 	}
 }
 
-// TestRegisterPublishesModeFirst: register decides a file's mode (passthrough or cached) before it puts the file
+// TestRegisterPublishesModeFirst: registerLocked decides a file's mode (passthrough or cached) before it puts the file
 // among the node's handles, where repointHandles, run by copy-ups that do not take openMu (Setattr, Link,
 // Rename), reads the mode under the node's mu only. The race detector reported the field written after the
 // file was published.
@@ -261,7 +261,7 @@ func TestRegisterPublishesModeFirst(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			n.openMu.Lock()
-			n.register(f, devIno{}, 1, 0)
+			n.registerLocked(f, devIno{}, 1, 0)
 			n.openMu.Unlock()
 		}()
 		go func() {
