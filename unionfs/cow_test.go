@@ -102,8 +102,8 @@ func TestReaderAcrossCopyUp(t *testing.T) {
 			}
 			os.WriteFile(filepath.Join(u.Lower(0), "f"), []byte("lower!"), 0644)
 			mnt := u.Mount(t)
-			if u.cfg.Passthrough && !u.root.Stats().Passthrough {
-				testutil.Unavailable(t, "no FUSE passthrough here")
+			if u.cfg.Passthrough {
+				u.requirePassthrough(t)
 			}
 			r, err := os.Open(filepath.Join(mnt, "f"))
 			if err != nil {

@@ -98,9 +98,7 @@ func TestPassthroughWriterOfFileMadeSetuid(t *testing.T) {
 	testutil.MountTmpfs(t, ref, "16m")
 	os.Chmod(ref, 0777)
 	mnt := u.Mount(t)
-	if !u.root.Stats().Passthrough {
-		testutil.Unavailable(t, "no FUSE passthrough here")
-	}
+	u.requirePassthrough(t)
 	os.Chmod(mnt, 0777)
 	for _, dir := range []string{ref, mnt} {
 		p := filepath.Join(dir, "f")

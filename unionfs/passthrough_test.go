@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // passthroughUnion mounts a union with FUSE passthrough for files of every size and fails (or skips outside CI)
@@ -25,9 +23,7 @@ func passthroughUnion(t *testing.T) (*testUnion, string) {
 	u.cfg.PassthroughMinSize = 0
 	os.WriteFile(filepath.Join(u.Lower(0), "f"), bytes.Repeat([]byte("A"), 1<<16), 0644)
 	mnt := u.Mount(t)
-	if !u.root.Stats().Passthrough {
-		testutil.Unavailable(t, "no FUSE passthrough here")
-	}
+	u.requirePassthrough(t)
 	return u, mnt
 }
 
@@ -173,9 +169,7 @@ func TestOpenModeBySize(t *testing.T) {
 	os.WriteFile(filepath.Join(u.Lower(0), "small"), small, 0644)
 	os.WriteFile(filepath.Join(u.Lower(0), "large"), large, 0644)
 	mnt := u.Mount(t)
-	if !u.root.Stats().Passthrough {
-		testutil.Unavailable(t, "no FUSE passthrough here")
-	}
+	u.requirePassthrough(t)
 	opens := func() (pt, cached uint64) {
 		s := u.root.Stats()
 		return s.PassthroughOpens, s.CachedOpens

@@ -128,3 +128,12 @@ func (l *testLog) Write(p []byte) (int, error) {
 // execCommand is exec.Command; tests that run tools on an in-process mount never start them with a working
 // directory or inherited descriptors on the mount (see go-fuse's notes on fork/exec deadlocks).
 var execCommand = exec.Command
+
+// requirePassthrough skips (or in CI fails) a test whose mounted union u did not get FUSE passthrough from the
+// kernel.
+func (u *testUnion) requirePassthrough(t *testing.T) {
+	t.Helper()
+	if !u.root.Stats().Passthrough {
+		testutil.Unavailable(t, "no FUSE passthrough here")
+	}
+}
