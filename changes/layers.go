@@ -176,7 +176,7 @@ func (v *lowerView) walkTo(li int, comps []string) int {
 
 // lookupPath resolves an absolute path in the lower view (a redirect's target).
 func (v *lowerView) lookupPath(p string) (object, error) {
-	comps := splitPath(p)
+	comps, _ := whiteout.SplitRedirect(p)
 	if len(comps) == 0 {
 		return object{}, nil
 	}
@@ -294,7 +294,7 @@ func (v *lowerView) lookup(s stack, name string) (object, error) {
 				op = whiteout.Opaque
 			}
 			if op != whiteout.Opaque {
-				redirect = readRedirect(dirfd, target)
+				redirect = whiteout.ReadRedirect(dirfd, target)
 			}
 		}
 		cmeta := -1
@@ -307,7 +307,7 @@ func (v *lowerView) lookup(s stack, name string) (object, error) {
 		}
 		switch {
 		case strings.HasPrefix(redirect, "/"):
-			abs = splitPath(redirect)
+			abs, _ = whiteout.SplitRedirect(redirect)
 			if len(abs) == 0 {
 				abs = nil
 			}
@@ -355,49 +355,17 @@ func hiddenByMeta(meta int, name string) bool {
 	return sysx.Fstatat(meta, name+whiteout.UnionfsHiddenSuffix, &st) == nil
 }
 
-// redirectXattrs are the overlay redirect xattrs of root and of userxattr unions.
-var redirectXattrs = []string{whiteout.OverlayRedirectXattr, "user.overlay.redirect"}
-
-// metacopyXattrs mark overlay metadata-only copies.
-var metacopyXattrs = []string{"trusted.overlay.metacopy", "user.overlay.metacopy"}
-
-// readRedirect returns the redirect xattr of name in dirfd, or "".
-func readRedirect(dirfd int, name string) string {
-	for _, attr := range redirectXattrs {
-		if v, err := sysx.GetxattrAll(dirfd, name, attr); err == nil && len(v) > 0 {
-			return string(v)
-		}
-	}
-	return ""
-}
-
 // isMetacopy reports whether the regular file name in dirfd is an overlay metadata-only copy.
 func isMetacopy(dirfd int, name string, st *unix.Stat_t) bool {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return false
 	}
-	for _, attr := range metacopyXattrs {
+	for _, attr := range whiteout.MetacopyXattrs {
 		if _, err := sysx.Getxattrat(dirfd, name, attr, nil); err == nil {
 			return true
 		}
 	}
 	return false
-}
-
-// splitPath splits an absolute path into its components; a component that is not a plain name makes the whole
-// path invalid (nil), as for the daemon's redirects.
-func splitPath(p string) []string {
-	var comps []string
-	for _, c := range strings.Split(p, "/") {
-		if c == "" {
-			continue
-		}
-		if sysx.CheckName(c) != nil {
-			return nil
-		}
-		comps = append(comps, c)
-	}
-	return comps
 }
 
 // joinPath joins an absolute directory path and a name.

@@ -140,7 +140,8 @@ func (m *merger) openDir(side int, path string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	for _, comp := range splitPath(path) {
+	comps, _ := sysx.SplitNames(path)
+	for _, comp := range comps {
 		next, err := sysx.OpenDir(fd, comp)
 		unix.Close(fd)
 		if err != nil {

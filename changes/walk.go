@@ -358,7 +358,7 @@ func redirectPath(u *udir, redirect string) string {
 	case redirect == "":
 		return ""
 	case strings.HasPrefix(redirect, "/"):
-		comps := splitPath(redirect)
+		comps, _ := whiteout.SplitRedirect(redirect)
 		if len(comps) == 0 {
 			return ""
 		}
@@ -381,7 +381,7 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 	}
 	from := ""
 	if op != whiteout.Opaque {
-		from = redirectPath(u, readRedirect(u.fd, name))
+		from = redirectPath(u, whiteout.ReadRedirect(u.fd, name))
 	}
 	if from != "" || op == whiteout.Opaque && !beside && !w.upper.aufs {
 		w.overlaySeen = true
@@ -501,7 +501,7 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 	from := ""
 	if mc {
 		// overlayfs gives a renamed metadata-only copy a redirect to its data.
-		from = redirectPath(u, readRedirect(u.fd, name))
+		from = redirectPath(u, whiteout.ReadRedirect(u.fd, name))
 	}
 	if w.lv == nil {
 		switch {

@@ -297,26 +297,26 @@ func subMetas(metas []metaDir, name string) []metaDir {
 // dir checks the upper directory name in dirfd and descends into it.
 func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir, markerBeside bool) error {
 	p := join(dir, name)
-	if HasAnyXattr(dirfd, name, OpaqueXattrs) {
+	if HasAnyXattr(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
 	}
 	op, _ := whiteout.DirOpacity(dirfd, name)
 	opaque := op == whiteout.Opaque || markerBeside
-	redirect := Redirect(dirfd, name)
+	redirect := whiteout.ReadRedirect(dirfd, name)
 	if redirect != "" {
 		c.formats["overlay"] = true
 	}
 	var child *Stack
 	switch {
 	case stack == nil:
-		if redirect != "" && !opaque && !validRedirect(redirect) {
+		if redirect != "" && !opaque && !whiteout.ValidRedirect(redirect) {
 			c.badRedirectForm(p, redirect)
 		}
 	case opaque || redirect == "":
 		// The lower directories at the directory's path, whether it hides them or not: a whiteout of a name
 		// they have is not useless in an opaque directory (the union may have made it opaque later).
 		child = stack.Child(name)
-	case !validRedirect(redirect):
+	case !whiteout.ValidRedirect(redirect):
 		c.badRedirectForm(p, redirect)
 		child = stack.Child(name) // what the union does with it
 	default:
@@ -334,7 +334,7 @@ func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir
 					if err := sysx.Setxattrat(dirfd, name, whiteout.OverlayOpaqueXattr, []byte("y"), 0); err != nil {
 						return err
 					}
-					return removeXattrs(dirfd, name, RedirectXattrs)
+					return removeXattrs(dirfd, name, whiteout.RedirectXattrs)
 				}, "made opaque, redirect removed")
 		}
 	}
@@ -354,23 +354,13 @@ func (c *checker) badRedirectForm(p, redirect string) {
 		nil, "")
 }
 
-// validRedirect reports whether a directory redirect has one of the forms overlayfs defines: an absolute path
-// from the layer roots, or a plain name in the same parent.
-func validRedirect(r string) bool {
-	if strings.HasPrefix(r, "/") {
-		_, ok := SplitRedirect(r)
-		return ok
-	}
-	return ValidRelativeRedirect(r)
-}
-
 // nonDir checks the upper non-directory name in dirfd.
 func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *Stack) {
 	p := join(dir, name)
-	if HasAnyXattr(dirfd, name, OpaqueXattrs) {
+	if HasAnyXattr(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
 		c.problem(Problem{Kind: KindOpaqueNonDir, Path: p, Detail: "opaque marker on a non-directory"},
-			func() error { return removeXattrs(dirfd, name, OpaqueXattrs) }, "opaque xattr removed")
+			func() error { return removeXattrs(dirfd, name, whiteout.OpaqueXattrs) }, "opaque xattr removed")
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || !IsMetacopy(dirfd, name) {
 		return
@@ -396,14 +386,14 @@ func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *St
 // release is called.
 func MetacopyData(lowers *Lowers, dirfd int, name string, stack *Stack) (e Entry, release func(), ok bool) {
 	release = func() {}
-	switch r := Redirect(dirfd, name); {
+	switch r := whiteout.ReadRedirect(dirfd, name); {
 	case strings.HasPrefix(r, "/") && lowers != nil:
 		s, valid := lowers.At(path.Dir(r))
 		if valid {
 			e, ok = s.Lookup(path.Base(r))
 		}
 		release = s.Close
-	case r != "" && ValidRelativeRedirect(r):
+	case r != "" && sysx.CheckName(r) == nil:
 		e, ok = stack.Lookup(r)
 	default:
 		e, ok = stack.Lookup(name)

@@ -3,7 +3,6 @@ package check
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -86,7 +85,7 @@ func (l *Lowers) Root() *Stack {
 // At returns the stack at the absolute path p (an overlay absolute redirect), looked up from every layer root
 // as overlayfs does; ok is false if p is not a valid absolute path.
 func (l *Lowers) At(p string) (s *Stack, ok bool) {
-	comps, ok := SplitRedirect(p)
+	comps, ok := whiteout.SplitRedirect(p)
 	if !ok {
 		return &Stack{}, false
 	}
@@ -98,27 +97,6 @@ func (l *Lowers) At(p string) (s *Stack, ok bool) {
 	}
 	return s, true
 }
-
-// SplitRedirect splits an absolute redirect into its components; ok is false if it is not absolute or a
-// component is not a plain name. The root ("/") has no components.
-func SplitRedirect(p string) (comps []string, ok bool) {
-	if !strings.HasPrefix(p, "/") {
-		return nil, false
-	}
-	for _, c := range strings.Split(p, "/") {
-		if c == "" {
-			continue
-		}
-		if sysx.CheckName(c) != nil {
-			return nil, false
-		}
-		comps = append(comps, c)
-	}
-	return comps, true
-}
-
-// ValidRelativeRedirect reports whether p is a valid relative redirect: one plain name in the same parent.
-func ValidRelativeRedirect(p string) bool { return sysx.CheckName(p) == nil }
 
 // Empty reports whether nothing lies below.
 func (s *Stack) Empty() bool { return s == nil || len(s.fds) == 0 }
@@ -244,28 +222,9 @@ func ReadDir(dirfd int) ([]Dirent, error) {
 	return ents, err
 }
 
-// Redirect returns the overlay redirect xattr of name in dirfd ("" for none).
-func Redirect(dirfd int, name string) string {
-	for _, attr := range []string{whiteout.OverlayRedirectXattr, "user.overlay.redirect"} {
-		if v, err := sysx.GetxattrAll(dirfd, name, attr); err == nil && len(v) > 0 {
-			return string(v)
-		}
-	}
-	return ""
-}
-
-// MetacopyXattrs are the xattrs that mark an overlay metadata-only copy.
-var MetacopyXattrs = []string{"trusted.overlay.metacopy", "user.overlay.metacopy"}
-
-// RedirectXattrs are the xattrs that hold an overlay redirect.
-var RedirectXattrs = []string{whiteout.OverlayRedirectXattr, "user.overlay.redirect"}
-
-// OpaqueXattrs are the xattrs that mark an overlay opaque directory.
-var OpaqueXattrs = []string{whiteout.OverlayOpaqueXattr, whiteout.OverlayUserOpaqueXattr}
-
 // IsMetacopy reports whether the regular file name in dirfd is an overlay metadata-only copy.
 func IsMetacopy(dirfd int, name string) bool {
-	return HasAnyXattr(dirfd, name, MetacopyXattrs)
+	return HasAnyXattr(dirfd, name, whiteout.MetacopyXattrs)
 }
 
 // HasAnyXattr reports whether name in dirfd has one of attrs.

@@ -388,12 +388,9 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	opaque := op == whiteout.Opaque || len(beside) > 0
 	redirect := ""
 	if !opaque {
-		redirect = check.Redirect(d.Fd, name)
+		redirect = whiteout.ReadRedirect(d.Fd, name)
 	}
-	valid := redirect != "" && (strings.HasPrefix(redirect, "/") || check.ValidRelativeRedirect(redirect))
-	if strings.HasPrefix(redirect, "/") {
-		_, valid = check.SplitRedirect(redirect)
-	}
+	valid := redirect != "" && whiteout.ValidRedirect(redirect)
 	own := valid && !c.to.Redirects()
 	var sub *check.Stack
 	switch {
@@ -446,8 +443,8 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		}
 		c.res.Markers++
 	}
-	if c.to.Name() != "overlay" && check.HasAnyXattr(d.Fd, name, check.OpaqueXattrs) {
-		if err := check.RemoveXattrs(d.Fd, name, check.OpaqueXattrs); err != nil {
+	if c.to.Name() != "overlay" && check.HasAnyXattr(d.Fd, name, whiteout.OpaqueXattrs) {
+		if err := check.RemoveXattrs(d.Fd, name, whiteout.OpaqueXattrs); err != nil {
 			return fail(err)
 		}
 		c.res.Removed++
@@ -463,7 +460,7 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		return fail(err)
 	}
 	if dropRedirect {
-		if err := check.RemoveXattrs(d.Fd, name, check.RedirectXattrs); err != nil {
+		if err := check.RemoveXattrs(d.Fd, name, whiteout.RedirectXattrs); err != nil {
 			return fail(err)
 		}
 	}

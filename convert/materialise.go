@@ -116,7 +116,7 @@ func (c *converter) fillStaged(s *cow.Staged, fd int, name string, st *unix.Stat
 	if err != nil && !isUnsupported(err) {
 		return err
 	}
-	skip := append(append([]string{}, check.MetacopyXattrs...), check.RedirectXattrs...)
+	skip := append(append([]string{}, whiteout.MetacopyXattrs...), whiteout.RedirectXattrs...)
 	for _, a := range attrs {
 		if contains(skip, a) {
 			continue
@@ -167,7 +167,7 @@ func (c *converter) needsLowers(fd int, p string, metas []metaDir) error {
 		case unix.S_IFDIR:
 			op, _ := whiteout.DirOpacity(fd, name)
 			opaque := op == whiteout.Opaque || len(u.whiteouts[name]) > 0
-			if r := check.Redirect(fd, name); r != "" && !opaque && !c.to.Redirects() {
+			if r := whiteout.ReadRedirect(fd, name); r != "" && !opaque && !c.to.Redirects() {
 				return &NeedLowersError{Path: "/" + cp,
 					Reason: fmt.Sprintf("a redirect (to %q), which %s cannot express", r, c.to.Name())}
 			}

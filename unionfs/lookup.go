@@ -189,7 +189,7 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 		}
 		switch {
 		case strings.HasPrefix(p.redirect, "/"):
-			absPath = splitPath(p.redirect)
+			absPath, _ = whiteout.SplitRedirect(p.redirect)
 			if len(absPath) == 0 {
 				absPath = nil // a redirect to the root: ignore it
 			}
@@ -255,22 +255,6 @@ func (r *Root) walkLower(l *Layer, comps []string, res *resolution) (int, bool) 
 	return fd, true
 }
 
-// splitPath splits an absolute redirect into its components, dropping empty ones; a component that is not a
-// plain name makes the whole redirect invalid (nil).
-func splitPath(p string) []string {
-	var comps []string
-	for _, c := range strings.Split(p, "/") {
-		if c == "" {
-			continue
-		}
-		if sysx.CheckName(c) != nil {
-			return nil
-		}
-		comps = append(comps, c)
-	}
-	return comps
-}
-
 // readRedirect returns the redirect xattr of the directory name in dirfd, or "".
 func (r *Root) readRedirect(dirfd int, name string) string {
 	for _, attr := range []string{whiteout.OverlayRedirectXattr, r.priv + "redirect"} {
@@ -309,7 +293,7 @@ func (r *Root) readMetacopyMark(p *probe) {
 func (r *Root) followDataRedirect(dirfd int, name string, absPath []string, res *resolution) (string, []string) {
 	switch rd := r.readRedirect(dirfd, name); {
 	case strings.HasPrefix(rd, "/"):
-		if comps := splitPath(rd); len(comps) > 0 {
+		if comps, _ := whiteout.SplitRedirect(rd); len(comps) > 0 {
 			res.dataMoved = true
 			return name, comps
 		}
@@ -517,7 +501,8 @@ func (r *Root) absRedirect(parent *Node, res *resolution) string {
 	switch p := res.found[0]; {
 	case p.redirect == "":
 	case strings.HasPrefix(p.redirect, "/"):
-		return "/" + strings.Join(splitPath(p.redirect), "/")
+		comps, _ := whiteout.SplitRedirect(p.redirect)
+		return "/" + strings.Join(comps, "/")
 	default:
 		return joinPath(parent.lowerPath(), p.redirect)
 	}

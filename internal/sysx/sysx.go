@@ -18,6 +18,21 @@ func CheckName(name string) error {
 	return nil
 }
 
+// SplitNames splits a slash-separated path into its names, dropping empty components ("/a//b/" gives a, b); ok is
+// false if a component is not a plain name (".", "..").
+func SplitNames(p string) (names []string, ok bool) {
+	for _, c := range strings.Split(p, "/") {
+		if c == "" {
+			continue
+		}
+		if CheckName(c) != nil {
+			return nil, false
+		}
+		names = append(names, c)
+	}
+	return names, true
+}
+
 // retry runs fn until it returns something other than EINTR.
 func retry(fn func() error) error {
 	for {
