@@ -269,7 +269,6 @@ func (n *Node) afterMove(opaque bool) {
 		return
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if len(n.dirs) > 1 {
 		n.dirs = n.dirs[:1]
 	}
@@ -277,8 +276,7 @@ func (n *Node) afterMove(opaque bool) {
 		n.dirs[0].opacity = whiteout.Opaque
 	}
 	n.mu.Unlock()
-	n.attrsChanged()
-	n.mu.Lock()
+	n.attrsChanged() // outside mu, though safe under it (see doc.go, Locking): nothing here needs it held
 }
 
 // clearUpperDir removes the markers from the upper directory name in d, which the merged view shows empty.
