@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -48,9 +49,9 @@ func isUnsupported(err error) bool {
 }
 
 // metaDiff lists the attributes in which the upper object (udir, uname, ust) differs from the lower object lo.
-func metaDiff(udir int, uname string, ust *unix.Stat_t, lo *object) ([]string, error) {
+func metaDiff(udir int, uname string, ust *unix.Stat_t, lo *stack.Object) ([]string, error) {
 	var diff []string
-	lst := &lo.st
+	lst := &lo.Stat
 	if ust.Mode&unix.S_IFMT != unix.S_IFLNK && ust.Mode&07777 != lst.Mode&07777 {
 		diff = append(diff, AttrMode)
 	}
@@ -64,7 +65,7 @@ func metaDiff(udir int, uname string, ust *unix.Stat_t, lo *object) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	lx, err := xattrs(lo.dirfd, lo.name)
+	lx, err := xattrs(lo.Dirfd, lo.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -99,25 +100,25 @@ func without(list []string, attr string) []string {
 
 // sameData reports whether the upper non-directory (udir, uname, ust) has the data of the lower object lo, both of
 // the same type: content for regular files, target for symlinks, device number for devices.
-func sameData(udir int, uname string, ust *unix.Stat_t, lo *object) (bool, error) {
+func sameData(udir int, uname string, ust *unix.Stat_t, lo *stack.Object) (bool, error) {
 	switch ust.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		if ust.Size != lo.st.Size {
+		if ust.Size != lo.Stat.Size {
 			return false, nil
 		}
-		return sameContent(udir, uname, lo.dirfd, lo.name)
+		return sameContent(udir, uname, lo.Dirfd, lo.Name)
 	case unix.S_IFLNK:
 		a, err := sysx.Readlinkat(udir, uname)
 		if err != nil {
 			return false, err
 		}
-		b, err := sysx.Readlinkat(lo.dirfd, lo.name)
+		b, err := sysx.Readlinkat(lo.Dirfd, lo.Name)
 		if err != nil {
 			return false, err
 		}
 		return bytes.Equal(a, b), nil
 	case unix.S_IFCHR, unix.S_IFBLK:
-		return ust.Rdev == lo.st.Rdev, nil
+		return ust.Rdev == lo.Stat.Rdev, nil
 	}
 	return true, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ltsp/ltsp-unionfs/cow"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -69,11 +70,11 @@ func Merge(opt MergeOptions) (*MergeStats, error) {
 		touched: make(map[string][2]unix.Timespec), extracted: make(map[string]string),
 		linked: make(map[devIno]string)}
 	if m.upfd, err = unix.Open(opt.Upper, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-		return nil, &LayerError{opt.Upper, err}
+		return nil, &stack.LayerError{Path: opt.Upper, Err: err}
 	}
 	defer unix.Close(m.upfd)
 	if m.dirfd, err = unix.Open(opt.Into, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-		return nil, &LayerError{opt.Into, err}
+		return nil, &stack.LayerError{Path: opt.Into, Err: err}
 	}
 	defer unix.Close(m.dirfd)
 	defer m.closeAll()
@@ -292,13 +293,11 @@ func (m *merger) opaque(c *Change) error {
 	if err != nil {
 		return err
 	}
-	err = listDir(ufd, func(n string, typ uint8) {
-		var st unix.Stat_t
-		if whiteout.IsMarkerName(n) ||
-			typ == unix.DT_CHR && sysx.Fstatat(ufd, n, &st) == nil && whiteout.IsOverlayWhiteout(&st) {
-			return
+	err = stack.ReadDir(ufd, stack.DirContext{AtRoot: c.Path == "/"}, func(e *stack.Entry) error {
+		if e.Kind == stack.Shown {
+			keep[e.Name] = true
 		}
-		keep[n] = true
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("upper layer: %w", err)
@@ -308,10 +307,11 @@ func (m *merger) opaque(c *Change) error {
 		return err
 	}
 	var gone []string
-	if err := listDir(dfd, func(n string, _ uint8) {
-		if !keep[n] {
-			gone = append(gone, n)
+	if err := stack.ReadDir(dfd, stack.DirContext{}, func(e *stack.Entry) error {
+		if !keep[e.Name] {
+			gone = append(gone, e.Name)
 		}
+		return nil
 	}); err != nil {
 		return err
 	}

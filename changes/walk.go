@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -32,7 +32,7 @@ type Options struct {
 }
 
 // Diff walks the upper layer (and the lower layers) and returns its changes sorted by path (see the package
-// documentation). A layer directory that cannot be opened or listed is a *LayerError. The upper layer may belong
+// documentation). A layer directory that cannot be opened or listed is a *stack.LayerError. The upper layer may belong
 // to a live union: objects removed while Diff reads are skipped, but changes made meanwhile may be missed or seen
 // half done.
 func Diff(opt Options) (*Report, error) {
@@ -86,8 +86,8 @@ type devIno struct{ dev, ino uint64 }
 
 type walker struct {
 	opt   Options
-	upper *layer
-	lv    *lowerView // nil without lower layers
+	upper *upperLayer
+	lv    *stack.Tree // the lower layers; nil without them
 	out   []*Change
 	links map[devIno]string
 
@@ -101,8 +101,8 @@ type udir struct {
 	path      string // its path in the merged view
 	lowerPath string // the path its lower content comes from (another one under a redirect)
 	opq       whiteout.Opacity
-	lower     stack // its lower view (empty when nothing below shows through)
-	hidesAll  bool  // it or a parent is opaque: nothing below shows through, even without lower layers to see
+	lower     stack.Dirs // its lower view (empty when nothing below shows through)
+	hidesAll  bool       // it or a parent is opaque: nothing below shows through, even without lower layers to see
 }
 
 func (u *udir) close() {
@@ -112,25 +112,20 @@ func (u *udir) close() {
 	if u.meta >= 0 {
 		unix.Close(u.meta)
 	}
-	u.lower.close()
+	u.lower.Close()
 }
 
 func newWalker(opt Options) (*walker, error) {
 	w := &walker{opt: opt, links: make(map[devIno]string)}
-	up, err := openLayer(opt.Upper)
+	up, err := openUpper(opt.Upper)
 	if err != nil {
 		return nil, err
 	}
 	w.upper = up
 	if len(opt.Lowers) > 0 {
-		w.lv = &lowerView{}
-		for _, p := range opt.Lowers {
-			l, err := openLayer(p)
-			if err != nil {
-				w.close()
-				return nil, err
-			}
-			w.lv.layers = append(w.lv.layers, l)
+		if w.lv, err = stack.OpenTree(opt.Lowers); err != nil {
+			w.close()
+			return nil, err
 		}
 	}
 	return w, nil
@@ -139,9 +134,7 @@ func newWalker(opt Options) (*walker, error) {
 func (w *walker) close() {
 	w.upper.close()
 	if w.lv != nil {
-		for _, l := range w.lv.layers {
-			l.close()
-		}
+		w.lv.Close()
 	}
 }
 
@@ -159,7 +152,7 @@ func (w *walker) emit(c *Change) {
 
 // layerErr wraps an error about path in the upper layer.
 func (w *walker) layerErr(path string, err error) error {
-	return &LayerError{w.upper.path, fmt.Errorf("%s: %w", path, err)}
+	return &stack.LayerError{Path: w.upper.path, Err: fmt.Errorf("%s: %w", path, err)}
 }
 
 // run walks from the root.
@@ -168,7 +161,7 @@ func (w *walker) run() error {
 	defer root.close()
 	fd, err := sysx.OpenDir(w.upper.fd, "")
 	if err != nil {
-		return &LayerError{w.upper.path, err}
+		return &stack.LayerError{Path: w.upper.path, Err: err}
 	}
 	root.fd = fd
 	if w.upper.meta >= 0 {
@@ -176,19 +169,19 @@ func (w *walker) run() error {
 	}
 	var st unix.Stat_t
 	if err := sysx.Fstatat(fd, "", &st); err != nil {
-		return &LayerError{w.upper.path, err}
+		return &stack.LayerError{Path: w.upper.path, Err: err}
 	}
 	c := &Change{Path: "/", Type: "dir", st: st}
 	if w.lv != nil {
-		s, err := w.lv.root()
+		s, err := w.lv.Root()
 		if err != nil {
 			return err
 		}
 		root.lower = s
-		if len(s) > 0 && s[0].fd >= 0 {
-			lo := object{found: true, dirfd: s[0].fd}
-			if err := sysx.Fstatat(s[0].fd, "", &lo.st); err != nil {
-				return &LayerError{w.lv.layers[0].path, err}
+		if s[0].Fd >= 0 {
+			lo := stack.Object{Dirfd: s[0].Fd}
+			if err := sysx.Fstatat(s[0].Fd, "", &lo.Stat); err != nil {
+				return &stack.LayerError{Path: w.lv.Paths[0], Err: err}
 			}
 			md, err := metaDiff(fd, "", &st, &lo)
 			if err != nil {
@@ -206,6 +199,7 @@ func (w *walker) run() error {
 // entry is what a directory of the upper layer says about one name.
 type entry struct {
 	upper      bool // the upper directory has an object of that name
+	whiteout   bool // the upper directory has an overlay whiteout of that name
 	aufsHidden bool // an aufs whiteout .wh.NAME
 	metaHidden bool // a unionfs-fuse whiteout NAME_HIDDEN~
 	metaDir    bool // the marker tree has a directory of that name
@@ -222,30 +216,32 @@ func (w *walker) walkDir(u *udir) error {
 		}
 		return e
 	}
-	atRoot := u.path == "/"
 	if u.fd >= 0 {
-		err := listDir(u.fd, func(name string, typ uint8) {
-			switch {
-			case atRoot && whiteout.IsRootMetaName(name):
-			case whiteout.IsMarkerName(name):
-				if t, ok := aufsTarget(name); ok && w.upper.aufs {
-					get(t).aufsHidden = true
-				}
-			default:
-				get(name).upper = true
+		dc := stack.DirContext{Aufs: w.upper.aufs, AtRoot: u.path == "/", Opacity: u.opq}
+		err := stack.ReadDir(u.fd, dc, func(e *stack.Entry) error {
+			switch e.Kind {
+			case stack.Shown:
+				get(e.Name).upper = true
+			case stack.Whiteout:
+				get(e.Name).whiteout = true
+			case stack.AufsWhiteout:
+				get(e.Hides).aufsHidden = true
 			}
+			return nil
 		})
 		if err != nil {
 			return w.layerErr(u.path, err)
 		}
 	}
 	if u.meta >= 0 {
-		err := listDir(u.meta, func(name string, typ uint8) {
-			if h, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && h != "" {
-				get(h).metaHidden = true
-			} else if typ == unix.DT_DIR || typ == unix.DT_UNKNOWN {
-				get(name).metaDir = true
+		err := stack.ReadMeta(u.meta, func(e *stack.MetaEntry) error {
+			switch e.Kind {
+			case stack.MetaWhiteout:
+				get(e.Hides).metaHidden = true
+			case stack.MetaDir:
+				get(e.Name).metaDir = true
 			}
+			return nil
 		})
 		if err != nil {
 			return w.layerErr(u.path, fmt.Errorf("marker directory: %w", err))
@@ -262,6 +258,13 @@ func (w *walker) walkDir(u *udir) error {
 		if w.opt.Progress != nil {
 			w.opt.Progress.Add(1)
 		}
+		if e.whiteout {
+			w.overlaySeen = true
+			if err := w.deleted(u, name, path); err != nil {
+				return err
+			}
+			continue
+		}
 		if e.upper {
 			var st unix.Stat_t
 			err := sysx.Fstatat(u.fd, name, &st)
@@ -272,10 +275,6 @@ func (w *walker) walkDir(u *udir) error {
 				return w.layerErr(path, err)
 			}
 			switch {
-			case whiteout.IsOverlayWhiteout(&st) ||
-				u.opq == whiteout.Xwhiteouts && whiteout.IsXwhiteout(u.fd, name, &st):
-				w.overlaySeen = true
-				err = w.deleted(u, name, path)
 			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 				err = w.dir(u, name, path, &st, e.aufsHidden || e.metaHidden)
 			default:
@@ -303,33 +302,6 @@ func (w *walker) walkDir(u *udir) error {
 	return nil
 }
 
-// listDir calls fn with every entry of the directory dirfd but "." and "..".
-func listDir(dirfd int, fn func(name string, typ uint8)) error {
-	fd, err := sysx.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
-	if errors.Is(err, syscall.EPERM) {
-		fd, err = sysx.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	}
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return sysx.Getdents(fd, func(name string, _ uint64, typ uint8) {
-		if name != "." && name != ".." {
-			fn(name, typ)
-		}
-	})
-}
-
-// aufsTarget returns the name an aufs marker ".wh.NAME" whites out; the aufs meta names ".wh..wh.*" (the union's
-// temporary objects among them) white out nothing.
-func aufsTarget(marker string) (string, bool) {
-	name, ok := strings.CutPrefix(marker, whiteout.AufsPrefix)
-	if !ok || name == "" || strings.HasPrefix(name, whiteout.AufsPrefix) || whiteout.IsTempName(marker) {
-		return "", false
-	}
-	return name, true
-}
-
 // deleted handles a whiteout of name in u.
 func (w *walker) deleted(u *udir, name, path string) error {
 	c := &Change{Path: path, Kind: Deleted}
@@ -337,36 +309,18 @@ func (w *walker) deleted(u *udir, name, path string) error {
 		return nil // an opaque directory hides everything below already
 	}
 	if w.lv != nil {
-		lo, err := w.lv.lookup(u.lower, name)
-		if err != nil {
+		var lo stack.Result
+		defer lo.Close()
+		if err := w.lv.Lookup(u.lower, name, &lo); err != nil {
 			return err
 		}
-		defer lo.sub.close()
-		defer lo.release()
-		if !lo.found {
+		if !lo.Exists() {
 			return nil // a whiteout that hides nothing changes nothing
 		}
-		c.Type = typeName(lo.st.Mode)
+		c.Type = typeName(lo.Found[0].Stat.Mode)
 	}
 	w.emit(c)
 	return nil
-}
-
-// redirectPath turns the redirect xattr of an object in u into the absolute lower path it names, or "".
-func redirectPath(u *udir, redirect string) string {
-	switch {
-	case redirect == "":
-		return ""
-	case strings.HasPrefix(redirect, "/"):
-		comps, _ := whiteout.SplitRedirect(redirect)
-		if len(comps) == 0 {
-			return ""
-		}
-		return "/" + strings.Join(comps, "/")
-	case sysx.CheckName(redirect) == nil:
-		return joinPath(u.lowerPath, redirect)
-	}
-	return ""
 }
 
 // dir handles the upper directory name in u and walks it. beside says whether an aufs or unionfs-fuse whiteout
@@ -381,7 +335,7 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 	}
 	from := ""
 	if op != whiteout.Opaque {
-		from = redirectPath(u, whiteout.ReadRedirect(u.fd, name))
+		from, _ = stack.RedirectPath(u.lowerPath, whiteout.ReadRedirect(u.fd, name))
 	}
 	if from != "" || op == whiteout.Opaque && !beside && !w.upper.aufs {
 		w.overlaySeen = true
@@ -405,29 +359,21 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 			c.Kind = Changed
 		}
 	} else {
-		var lo object
-		var err error
-		if from != "" {
-			lo, err = w.lv.lookupPath(from)
-		} else {
-			lo, err = w.lv.lookup(u.lower, name)
-		}
-		if err != nil {
+		var lo stack.Result
+		defer lo.Close()
+		if err := w.lookupLower(u, name, from, &lo); err != nil {
 			return err
 		}
-		defer lo.release()
-		isDir := lo.found && lo.st.Mode&unix.S_IFMT == unix.S_IFDIR
 		switch {
-		case !lo.found:
+		case !lo.Exists():
 			c.Kind = Added
-		case !isDir:
-			c.Kind, c.LowerType = Modified, typeName(lo.st.Mode)
+		case !lo.IsDir():
+			c.Kind, c.LowerType = Modified, typeName(lo.Found[0].Stat.Mode)
 		case op == whiteout.Opaque:
 			c.Kind = Opaque
 		default:
-			md, err := metaDiff(u.fd, name, st, &lo)
+			md, err := metaDiff(u.fd, name, st, &lo.Found[0])
 			if err != nil {
-				lo.sub.close()
 				return w.layerErr(path, err)
 			}
 			c.Metadata = without(md, AttrTimes)
@@ -437,9 +383,12 @@ func (w *walker) dir(u *udir, name, path string, st *unix.Stat_t, beside bool) e
 			case len(c.Metadata) > 0:
 				c.Kind = Metadata
 			}
-			child.lower, lo.sub = lo.sub, nil
+			if from != "" {
+				child.lower = w.lv.Open(nil, "", &lo)
+			} else {
+				child.lower = w.lv.Open(u.lower, name, &lo)
+			}
 		}
-		lo.sub.close()
 	}
 	w.emit(c)
 	fd, err := sysx.OpenDir(u.fd, name)
@@ -471,16 +420,15 @@ func (w *walker) virtualDir(u *udir, name, path string) error {
 	child := &udir{fd: -1, meta: m, path: path, lowerPath: joinPath(u.lowerPath, name)}
 	defer child.close()
 	if w.lv != nil {
-		lo, err := w.lv.lookup(u.lower, name)
-		if err != nil {
+		var lo stack.Result
+		defer lo.Close()
+		if err := w.lv.Lookup(u.lower, name, &lo); err != nil {
 			return err
 		}
-		lo.release()
-		if !lo.found || lo.st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			lo.sub.close()
+		if !lo.IsDir() {
 			return nil // the markers hide nothing
 		}
-		child.lower = lo.sub
+		child.lower = w.lv.Open(u.lower, name, &lo)
 	}
 	return w.walkDir(child)
 }
@@ -496,12 +444,12 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 			w.links[key] = path
 		}
 	}
-	mc := isMetacopy(u.fd, name, st)
+	mc := st.Mode&unix.S_IFMT == unix.S_IFREG && stack.HasMark(u.fd, name, whiteout.MetacopyXattrs)
 	w.overlaySeen = w.overlaySeen || mc
 	from := ""
 	if mc {
 		// overlayfs gives a renamed metadata-only copy a redirect to its data.
-		from = redirectPath(u, whiteout.ReadRedirect(u.fd, name))
+		from, _ = stack.RedirectPath(u.lowerPath, whiteout.ReadRedirect(u.fd, name))
 	}
 	if w.lv == nil {
 		switch {
@@ -515,23 +463,21 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 		w.emit(c)
 		return nil
 	}
-	var lo object
-	var err error
-	if from != "" {
-		lo, err = w.lv.lookupPath(from)
-	} else {
-		lo, err = w.lv.lookup(u.lower, name)
-	}
-	if err != nil {
+	var res stack.Result
+	defer res.Close()
+	if err := w.lookupLower(u, name, from, &res); err != nil {
 		return err
 	}
-	lo.sub.close()
-	defer lo.release()
-	if lo.data != nil {
-		// A lower metadata-only copy: its data is below it.
-		lo.st.Size = lo.data.st.Size
+	var lo stack.Object // the lower object, if found
+	found := res.Exists()
+	if found {
+		lo = res.Found[0]
 	}
-	sameType := lo.found && lo.st.Mode&unix.S_IFMT == st.Mode&unix.S_IFMT
+	if res.Data != nil {
+		// A lower metadata-only copy: its data is below it.
+		lo.Stat.Size = res.Data.Stat.Size
+	}
+	sameType := found && lo.Stat.Mode&unix.S_IFMT == st.Mode&unix.S_IFMT
 	switch {
 	case mc && sameType:
 		c.Kind, c.Metacopy, c.From = Metadata, true, from
@@ -546,17 +492,17 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 	case mc:
 		// The data of a metadata-only copy is gone from the lower layers: the union shows the upper file.
 		c.Kind = Modified
-		if lo.found {
-			c.LowerType = typeName(lo.st.Mode)
+		if found {
+			c.LowerType = typeName(lo.Stat.Mode)
 		}
-	case !lo.found:
+	case !found:
 		c.Kind = Added
 	case !sameType:
-		c.Kind, c.LowerType = Modified, typeName(lo.st.Mode)
+		c.Kind, c.LowerType = Modified, typeName(lo.Stat.Mode)
 	default:
 		data := &lo
-		if lo.data != nil {
-			data = lo.data
+		if res.Data != nil {
+			data = res.Data
 		}
 		same, err := sameData(u.fd, name, st, data)
 		if err != nil {
@@ -579,4 +525,13 @@ func (w *walker) file(u *udir, name, path string, st *unix.Stat_t) error {
 		w.emit(c)
 	}
 	return nil
+}
+
+// lookupLower resolves in the lower layers what the upper object name in u stands over: the lower object at the
+// absolute path from (a redirect's), or else at name in u's lower view.
+func (w *walker) lookupLower(u *udir, name, from string, res *stack.Result) error {
+	if from != "" {
+		return w.lv.LookupPath(from, res)
+	}
+	return w.lv.Lookup(u.lower, name, res)
 }

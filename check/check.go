@@ -2,13 +2,13 @@ package check
 
 import (
 	"fmt"
-	"path"
 	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -27,26 +27,30 @@ type Options struct {
 // Check checks the upper layer at upper (see the package documentation). A missing or unreadable layer is a
 // *LayerError; an upper in use while Repair is asked for is a *BusyError. The report lists every problem.
 func Check(upper string, opt Options) (*Report, error) {
-	rootfd, err := OpenLayerDir(upper)
+	rootfd, err := stack.OpenLayerDir(upper)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(rootfd)
+	aufs, _, meta := stack.Declarations(rootfd)
+	if meta >= 0 {
+		unix.Close(meta)
+	}
 	if opt.Repair {
 		if err := RefuseInUse(upper); err != nil {
 			return nil, err
 		}
 	}
-	c := &checker{opt: opt, root: rootfd, formats: map[string]bool{},
+	c := &checker{opt: opt, root: rootfd, aufs: aufs, formats: map[string]bool{},
 		rep: &Report{Upper: upper, Lowers: opt.Lowers, Problems: []Problem{}, Formats: []string{}}}
-	var stack *Stack
+	var below *Stack
 	if len(opt.Lowers) > 0 {
 		if c.lowers, err = OpenLowers(opt.Lowers); err != nil {
 			return nil, err
 		}
 		defer c.lowers.Close()
-		stack = c.lowers.Root()
-		defer stack.Close()
+		below = c.lowers.Root()
+		defer below.Close()
 	}
 	var metas []metaDir
 	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
@@ -55,7 +59,7 @@ func Check(upper string, opt Options) (*Report, error) {
 			c.formats[metaFormat(name)] = true
 		}
 	}
-	if err := c.walk(rootfd, "", stack, metas); err != nil {
+	if err := c.walk(rootfd, "", below, metas); err != nil {
 		return nil, err
 	}
 	for f := range c.formats {
@@ -89,6 +93,7 @@ type metaDir struct {
 type checker struct {
 	opt     Options
 	root    int
+	aufs    bool // the upper layer declares aufs markers
 	lowers  *Lowers
 	rep     *Report
 	formats map[string]bool
@@ -120,9 +125,9 @@ func (c *checker) problem(p Problem, repair func() error, action string) (repair
 func join(dir, name string) string { return dir + "/" + name }
 
 // walk checks the upper directory dirfd (-1 if the upper layer has no directory there but a meta tree does) at
-// path, whose lower directories are stack (nil without lowers) and whose meta directories are metas. It closes
+// path, whose lower directories are below (nil without lowers) and whose meta directories are metas. It closes
 // dirfd (unless it is the root) and metas.
-func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) error {
+func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) error {
 	defer func() {
 		for _, m := range metas {
 			unix.Close(m.fd)
@@ -131,11 +136,16 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 			unix.Close(dirfd)
 		}
 	}()
-	var ents []Dirent
+	var ents []stack.Entry
 	if dirfd >= 0 {
-		var err error
-		if ents, err = ReadDir(dirfd); err != nil {
-			return &LayerError{Path: join(c.rep.Upper, dir), Err: err}
+		op, _ := whiteout.DirOpacity(dirfd, "")
+		dc := stack.DirContext{Aufs: c.aufs, AtRoot: dirfd == c.root, Opacity: op}
+		err := stack.ReadDir(dirfd, dc, func(e *stack.Entry) error {
+			ents = append(ents, *e)
+			return nil
+		})
+		if err != nil {
+			return &stack.LayerError{Path: join(c.rep.Upper, dir), Err: err}
 		}
 		if c.opt.Repair {
 			defer KeepTimes(dirfd)()
@@ -150,28 +160,25 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 	var markers []marker
 	for _, e := range ents {
 		name := e.Name
-		switch {
-		case dirfd == c.root && whiteout.IsRootMetaName(name):
-		case whiteout.IsTempName(name):
+		switch e.Kind {
+		case stack.Temp:
 			c.problem(Problem{Kind: KindTempObject, Path: join(dir, name),
 				Detail: "leftover temporary object of an interrupted copy-up or marker change"},
 				func() error { return whiteout.RemoveTree(dirfd, name) }, "removed")
-		case whiteout.IsMarkerName(name):
+		case stack.Hidden:
 			if strings.HasPrefix(name, whiteout.AufsPrefix+whiteout.AufsPrefix) {
-				c.formats["aufs"] = true
-				continue // the opaque marker and aufs's own ".wh..wh.*" entries
+				c.formats["aufs"] = true // the opaque marker and aufs's own ".wh..wh.*" entries
 			}
-			markers = append(markers, marker{name: name[len(whiteout.AufsPrefix):], where: join(dir, name),
+		case stack.AufsWhiteout:
+			markers = append(markers, marker{name: e.Hides, where: join(dir, name),
 				format: "aufs", remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
+		case stack.Whiteout:
+			markers = append(markers, marker{name: name, where: join(dir, name), chr: true, format: "overlay",
+				remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
 		default:
 			var st unix.Stat_t
 			if err := sysx.Fstatat(dirfd, name, &st); err != nil {
-				return &LayerError{Path: join(c.rep.Upper, join(dir, name)), Err: err}
-			}
-			if whiteout.IsOverlayWhiteout(&st) {
-				markers = append(markers, marker{name: name, where: join(dir, name), chr: true, format: "overlay",
-					remove: func() error { return unix.Unlinkat(dirfd, name, 0) }})
-				continue
+				return &stack.LayerError{Path: join(c.rep.Upper, join(dir, name)), Err: err}
 			}
 			objs[name] = st
 			names = append(names, name)
@@ -180,24 +187,16 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 	metaSubdirs := map[string]bool{}
 	var metaNames []string
 	for _, m := range metas {
-		ments, err := ReadDir(m.fd)
-		if err != nil {
-			return &LayerError{Path: join(c.rep.Upper, m.name+dir), Err: err}
-		}
-		c.rep.Objects += len(ments)
-		for _, e := range ments {
-			name, mfd := e.Name, m.fd
-			var st unix.Stat_t
-			if sysx.Fstatat(mfd, name, &st) != nil {
-				continue
-			}
-			switch {
-			case strings.HasSuffix(name, whiteout.UnionfsHiddenSuffix) && len(name) > len(whiteout.UnionfsHiddenSuffix):
+		mfd := m.fd
+		err := stack.ReadMeta(mfd, func(e *stack.MetaEntry) error {
+			c.rep.Objects++
+			name := e.Name
+			switch e.Kind {
+			case stack.MetaWhiteout:
 				// unionfs-fuse 1.0 hides a directory with a directory marker.
-				markers = append(markers, marker{name: strings.TrimSuffix(name, whiteout.UnionfsHiddenSuffix),
-					where: "/" + m.name + join(dir, name), format: metaFormat(m.name),
-					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
-			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+				markers = append(markers, marker{name: e.Hides, where: "/" + m.name + join(dir, name),
+					format: metaFormat(m.name), remove: func() error { return whiteout.RemoveTree(mfd, name) }})
+			case stack.MetaDir:
 				if !metaSubdirs[name] {
 					metaSubdirs[name] = true
 					metaNames = append(metaNames, name)
@@ -206,6 +205,10 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 				c.problem(Problem{Kind: KindUnknownMeta, Path: "/" + m.name + join(dir, name),
 					Detail: "an entry of the unionfs-fuse meta tree that is no whiteout marker"}, nil, "")
 			}
+			return nil
+		})
+		if err != nil {
+			return &stack.LayerError{Path: join(c.rep.Upper, m.name+dir), Err: err}
 		}
 	}
 	beside := map[string]bool{} // names with an aufs or unionfs-fuse marker: opaque if they are directories
@@ -223,8 +226,8 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 			removed = c.problem(Problem{Kind: KindRedundantWhiteout, Path: m.where,
 				Detail: "whiteout of " + join(dir, m.name) + ", which the upper layer has as a file anyway"},
 				m.remove, "removed")
-		case stack != nil:
-			if _, ok := stack.Lookup(m.name); !ok {
+		case below != nil:
+			if _, ok := below.Lookup(m.name); !ok {
 				removed = c.problem(Problem{Kind: KindUselessWhiteout, Path: m.where,
 					Detail: "whiteout of " + join(dir, m.name) + ", which no lower layer has"}, m.remove, "removed")
 			}
@@ -236,21 +239,21 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 	for _, name := range names {
 		st := objs[name]
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			if err := c.dir(dirfd, dir, name, stack, metas, beside[name]); err != nil {
+			if err := c.dir(dirfd, dir, name, below, metas, beside[name]); err != nil {
 				return err
 			}
 			delete(metaSubdirs, name)
 			continue
 		}
-		c.nonDir(dirfd, dir, name, &st, stack)
+		c.nonDir(dirfd, dir, name, &st, below)
 	}
 	for _, name := range metaNames {
 		if !metaSubdirs[name] || hidden[name] {
 			// Markers below a whited-out name (unionfs-fuse's rm -r leaves them) are moot, and harmless.
 			continue
 		}
-		child := stack.Child(name)
-		if stack != nil && child.Empty() {
+		child := below.Child(name)
+		if below != nil && child.Empty() {
 			child.Close()
 			var where []string
 			for _, m := range metas {
@@ -271,7 +274,7 @@ func (c *checker) walk(dirfd int, dir string, stack *Stack, metas []metaDir) err
 				}, "removed")
 			continue
 		}
-		if stack == nil {
+		if below == nil {
 			child = nil
 		}
 		if err := c.walk(-1, join(dir, name), child, subMetas(metas, name)); err != nil {
@@ -295,9 +298,9 @@ func subMetas(metas []metaDir, name string) []metaDir {
 }
 
 // dir checks the upper directory name in dirfd and descends into it.
-func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir, markerBeside bool) error {
+func (c *checker) dir(dirfd int, dir, name string, below *Stack, metas []metaDir, markerBeside bool) error {
 	p := join(dir, name)
-	if HasAnyXattr(dirfd, name, whiteout.OpaqueXattrs) {
+	if stack.HasMark(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
 	}
 	op, _ := whiteout.DirOpacity(dirfd, name)
@@ -308,23 +311,19 @@ func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir
 	}
 	var child *Stack
 	switch {
-	case stack == nil:
+	case below == nil:
 		if redirect != "" && !opaque && !whiteout.ValidRedirect(redirect) {
 			c.badRedirectForm(p, redirect)
 		}
 	case opaque || redirect == "":
 		// The lower directories at the directory's path, whether it hides them or not: a whiteout of a name
 		// they have is not useless in an opaque directory (the union may have made it opaque later).
-		child = stack.Child(name)
+		child = below.Child(name)
 	case !whiteout.ValidRedirect(redirect):
 		c.badRedirectForm(p, redirect)
-		child = stack.Child(name) // what the union does with it
+		child = below.Child(name) // what the union does with it
 	default:
-		if strings.HasPrefix(redirect, "/") {
-			child, _ = c.lowers.At(redirect)
-		} else {
-			child = stack.Child(redirect)
-		}
+		child = below.Below(name, redirect)
 		if child.Empty() {
 			c.problem(Problem{Kind: KindBadRedirect, Path: p,
 				Detail: fmt.Sprintf("redirect %q leads to no directory in the lower layers", redirect)},
@@ -341,7 +340,7 @@ func (c *checker) dir(dirfd int, dir, name string, stack *Stack, metas []metaDir
 	sub, err := sysx.OpenDir(dirfd, name)
 	if err != nil {
 		child.Close()
-		return &LayerError{Path: join(c.rep.Upper, p), Err: err}
+		return &stack.LayerError{Path: join(c.rep.Upper, p), Err: err}
 	}
 	err = c.walk(sub, p, child, subMetas(metas, name))
 	child.Close()
@@ -355,9 +354,9 @@ func (c *checker) badRedirectForm(p, redirect string) {
 }
 
 // nonDir checks the upper non-directory name in dirfd.
-func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *Stack) {
+func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, below *Stack) {
 	p := join(dir, name)
-	if HasAnyXattr(dirfd, name, whiteout.OpaqueXattrs) {
+	if stack.HasMark(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
 		c.problem(Problem{Kind: KindOpaqueNonDir, Path: p, Detail: "opaque marker on a non-directory"},
 			func() error { return removeXattrs(dirfd, name, whiteout.OpaqueXattrs) }, "opaque xattr removed")
@@ -366,10 +365,10 @@ func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *St
 		return
 	}
 	c.formats["overlay"] = true
-	if stack == nil {
+	if below == nil {
 		return
 	}
-	_, release, ok := MetacopyData(c.lowers, dirfd, name, stack)
+	_, release, ok := MetacopyData(c.lowers, dirfd, name, below)
 	release()
 	if ok {
 		return
@@ -380,23 +379,26 @@ func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, stack *St
 }
 
 // MetacopyData finds the lower file holding the data of the metadata-only copy name in the upper directory
-// dirfd, whose lower stack is stack: the file its redirect xattr names (overlayfs records one when a
+// dirfd, whose lower below is below: the file its redirect xattr names (overlayfs records one when a
 // metadata-only copy is renamed: an absolute path, or a name in the same directory), else the one of the same
 // name below. The entry's Dirfd stays valid until
 // release is called.
-func MetacopyData(lowers *Lowers, dirfd int, name string, stack *Stack) (e Entry, release func(), ok bool) {
+func MetacopyData(lowers *Lowers, dirfd int, name string, below *Stack) (e Entry, release func(), ok bool) {
 	release = func() {}
 	switch r := whiteout.ReadRedirect(dirfd, name); {
 	case strings.HasPrefix(r, "/") && lowers != nil:
-		s, valid := lowers.At(path.Dir(r))
-		if valid {
-			e, ok = s.Lookup(path.Base(r))
+		res := &stack.Result{}
+		release = res.Close
+		if lowers.t.LookupPath(r, res) == nil && res.Exists() {
+			e, ok = entryOf(res), true
 		}
-		release = s.Close
 	case r != "" && sysx.CheckName(r) == nil:
-		e, ok = stack.Lookup(r)
+		e, ok = below.Lookup(r)
 	default:
-		e, ok = stack.Lookup(name)
+		e, ok = below.Lookup(name)
+	}
+	if ok && e.Data != nil {
+		e = *e.Data // a lower metadata-only copy: the data is further down
 	}
 	return e, release, ok && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -275,7 +276,7 @@ func TestInUse(t *testing.T) {
 		t.Errorf("after the unmount: in use by %s", who)
 	}
 	_, err = Check(filepath.Join(d, "missing"), Options{})
-	var le *LayerError
+	var le *stack.LayerError
 	if !errors.As(err, &le) {
 		t.Errorf("a missing upper: %v, want a LayerError", err)
 	}

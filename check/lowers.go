@@ -2,202 +2,135 @@ package check
 
 import (
 	"errors"
-	"fmt"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
-// LayerError is a layer directory that is missing, not a directory or unreadable.
-type LayerError struct {
-	Path string
-	Err  error
-}
-
-func (e *LayerError) Error() string { return fmt.Sprintf("layer %s: %v", e.Path, e.Err) }
-func (e *LayerError) Unwrap() error { return e.Err }
-
-// OpenLayerDir opens the layer directory path (the command line names it, so a symlink to it is followed) as
-// an O_PATH descriptor; a failure is a *LayerError.
-func OpenLayerDir(path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, &LayerError{Path: path, Err: err}
-	}
-	rfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		unix.Close(fd)
-		return -1, &LayerError{Path: path, Err: err}
-	}
-	unix.Close(rfd)
-	return fd, nil
-}
-
-// Lowers are the read-only layers below an upper layer, topmost first, read the way the union reads them: a
-// lower layer's own whiteouts (overlay and aufs) and opaque directories are honoured.
+// Lowers are the read-only layers below an upper layer, topmost first, read the way the union reads them (package
+// stack).
 type Lowers struct {
-	fds   []int
+	t     *stack.Tree
 	Paths []string
 }
 
-// OpenLowers opens the lower layers at paths, topmost first. A failure is a *LayerError.
+// OpenLowers opens the lower layers at paths, topmost first. A failure is a *stack.LayerError.
 func OpenLowers(paths []string) (*Lowers, error) {
-	l := &Lowers{Paths: paths}
-	for _, p := range paths {
-		fd, err := OpenLayerDir(p)
-		if err != nil {
-			l.Close()
-			return nil, err
-		}
-		l.fds = append(l.fds, fd)
+	t, err := stack.OpenTree(paths)
+	if err != nil {
+		return nil, err
 	}
-	return l, nil
+	return &Lowers{t: t, Paths: paths}, nil
 }
 
 // Close closes the layers.
-func (l *Lowers) Close() {
-	for _, fd := range l.fds {
-		unix.Close(fd)
-	}
-	l.fds = nil
-}
+func (l *Lowers) Close() { l.t.Close() }
 
-// Stack is the lower directories that merge into one directory of the union, topmost first: each an O_PATH
-// descriptor of its own, which Close releases. A nil or empty stack means nothing below.
+// Stack is the lower directories that merge into one directory of the union: each an O_PATH descriptor of its own,
+// which Close releases, with the descriptors the entries it returned need. A nil or empty stack means nothing
+// below.
 type Stack struct {
-	fds []int
+	t    *stack.Tree
+	d    stack.Dirs
+	held []*stack.Result // lookups whose entries are still in use
 }
 
 // Root returns the stack of the layer roots.
 func (l *Lowers) Root() *Stack {
-	s := &Stack{}
-	for _, fd := range l.fds {
-		if d, err := sysx.OpenDir(fd, ""); err == nil {
-			s.fds = append(s.fds, d)
-		}
+	d, err := l.t.Root()
+	if err != nil {
+		return &Stack{}
 	}
-	return s
-}
-
-// At returns the stack at the absolute path p (an overlay absolute redirect), looked up from every layer root
-// as overlayfs does; ok is false if p is not a valid absolute path.
-func (l *Lowers) At(p string) (s *Stack, ok bool) {
-	comps, ok := whiteout.SplitRedirect(p)
-	if !ok {
-		return &Stack{}, false
-	}
-	s = l.Root()
-	for _, c := range comps {
-		next := s.Child(c)
-		s.Close()
-		s = next
-	}
-	return s, true
+	return &Stack{t: l.t, d: d}
 }
 
 // Empty reports whether nothing lies below.
-func (s *Stack) Empty() bool { return s == nil || len(s.fds) == 0 }
+func (s *Stack) Empty() bool { return s == nil || s.d.Empty() }
 
 // Close releases the stack's descriptors.
 func (s *Stack) Close() {
 	if s == nil {
 		return
 	}
-	for _, fd := range s.fds {
-		unix.Close(fd)
+	s.d.Close()
+	s.d = nil
+	for _, r := range s.held {
+		r.Close()
 	}
-	s.fds = nil
+	s.held = nil
 }
 
 // Entry is the lower object a name resolves to.
 type Entry struct {
-	Dirfd int // the lower directory holding it (owned by the stack)
+	Dirfd int // the lower directory holding it (valid until the stack is closed)
 	Name  string
 	Stat  unix.Stat_t
+	// Data is, for a lower metadata-only copy (the upper layer of an earlier mount), the file holding its data.
+	Data *Entry
 }
 
 // IsDir reports whether the entry is a directory.
 func (e *Entry) IsDir() bool { return e.Stat.Mode&unix.S_IFMT == unix.S_IFDIR }
 
-// Lookup returns the topmost lower object called name that the lower layers show, if any: the search stops at a
-// whiteout, and a non-directory hides what lies below it.
+// Lookup returns the lower object called name that the lower layers show, if any.
 func (s *Stack) Lookup(name string) (Entry, bool) {
-	if s == nil || whiteout.IsMarkerName(name) {
+	if s == nil || s.t == nil {
 		return Entry{}, false
 	}
-	for _, fd := range s.fds {
-		e := Entry{Dirfd: fd, Name: name}
-		err := sysx.Fstatat(fd, name, &e.Stat)
-		if err != nil {
-			if whiteout.HasAufsWhiteout(fd, name) {
-				return Entry{}, false
-			}
-			continue
-		}
-		if whiteout.IsOverlayWhiteout(&e.Stat) {
-			return Entry{}, false
-		}
-		return e, true
+	res := &stack.Result{}
+	if err := s.t.Lookup(s.d, name, res); err != nil || !res.Exists() {
+		res.Close()
+		return Entry{}, false
 	}
-	return Entry{}, false
+	s.held = append(s.held, res)
+	return entryOf(res), true
 }
 
-// Child returns the stack of the lower directories called name below s: the topmost and those it merges with,
-// down to an opaque one or a non-directory.
+// entryOf returns the entry of what res found.
+func entryOf(res *stack.Result) Entry {
+	o := &res.Found[0]
+	e := Entry{Dirfd: o.Dirfd, Name: o.Name, Stat: o.Stat}
+	if d := res.Data; d != nil {
+		e.Data = &Entry{Dirfd: d.Dirfd, Name: d.Name, Stat: d.Stat}
+	}
+	return e
+}
+
+// Child returns the stack of the lower directories called name below s: the topmost and those it merges with.
 func (s *Stack) Child(name string) *Stack {
-	out := &Stack{}
-	if s == nil || whiteout.IsMarkerName(name) {
-		return out
+	if s == nil || s.t == nil {
+		return &Stack{}
 	}
-	for _, fd := range s.fds {
-		var st unix.Stat_t
-		if err := sysx.Fstatat(fd, name, &st); err != nil {
-			if whiteout.HasAufsWhiteout(fd, name) {
-				break
-			}
-			continue
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			break
-		}
-		d, err := sysx.OpenDir(fd, name)
-		if err != nil {
-			continue
-		}
-		out.fds = append(out.fds, d)
-		if op, _ := whiteout.DirOpacity(fd, name); op == whiteout.Opaque || whiteout.HasAufsWhiteout(fd, name) {
-			break
-		}
+	d, err := s.t.Child(s.d, name)
+	if err != nil {
+		return &Stack{}
 	}
-	return out
+	return &Stack{t: s.t, d: d}
+}
+
+// Below returns the stack of the lower directories that the upper directory called name above s, whose redirect
+// is redirect ("" for none), merges with (see stack.Tree.Below).
+func (s *Stack) Below(name, redirect string) *Stack {
+	if s == nil || s.t == nil {
+		return &Stack{}
+	}
+	d, err := s.t.Below(s.d, name, redirect)
+	if err != nil {
+		return &Stack{}
+	}
+	return &Stack{t: s.t, d: d}
 }
 
 // Names returns every name the stack shows (each once, markers and whiteouts excluded).
 func (s *Stack) Names() ([]string, error) {
-	if s == nil {
+	if s == nil || s.t == nil {
 		return nil, nil
 	}
-	seen := map[string]bool{}
-	var names []string
-	for _, fd := range s.fds {
-		ents, err := ReadDir(fd)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range ents {
-			if seen[e.Name] || whiteout.IsMarkerName(e.Name) {
-				continue
-			}
-			seen[e.Name] = true
-			if _, ok := s.Lookup(e.Name); ok {
-				names = append(names, e.Name)
-			}
-		}
-	}
-	return names, nil
+	return s.t.Names(s.d)
 }
 
 // Dirent is a directory entry.
@@ -224,17 +157,7 @@ func ReadDir(dirfd int) ([]Dirent, error) {
 
 // IsMetacopy reports whether the regular file name in dirfd is an overlay metadata-only copy.
 func IsMetacopy(dirfd int, name string) bool {
-	return HasAnyXattr(dirfd, name, whiteout.MetacopyXattrs)
-}
-
-// HasAnyXattr reports whether name in dirfd has one of attrs.
-func HasAnyXattr(dirfd int, name string, attrs []string) bool {
-	for _, a := range attrs {
-		if _, err := sysx.Getxattrat(dirfd, name, a, nil); err == nil {
-			return true
-		}
-	}
-	return false
+	return stack.HasMark(dirfd, name, whiteout.MetacopyXattrs)
 }
 
 // removeXattrs removes attrs from name in dirfd; missing ones are not an error.

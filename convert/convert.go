@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/check"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -54,15 +54,21 @@ func Convert(upper string, opt Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	rootfd, err := check.OpenLayerDir(upper)
+	rootfd, err := stack.OpenLayerDir(upper)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(rootfd)
+	// aufs markers count where the upper declares aufs, before the conversion or, for an aufs target, after it.
+	aufs, _, meta := stack.Declarations(rootfd)
+	if meta >= 0 {
+		unix.Close(meta)
+	}
+	aufs = aufs || f.Name() == whiteout.Aufs{}.Name()
 	if err := check.RefuseInUse(upper); err != nil {
 		return nil, err
 	}
-	c := &converter{opt: opt, to: f, root: rootfd, res: &Result{}, meta: f.MarkerTree()}
+	c := &converter{opt: opt, to: f, root: rootfd, aufs: aufs, res: &Result{}, meta: f.MarkerTree()}
 	metas := openMetas(rootfd)
 	var stack *check.Stack
 	if len(opt.Lowers) > 0 {
@@ -93,6 +99,7 @@ type converter struct {
 	to     whiteout.Format
 	meta   string // the target's meta directory (unionfs-fuse formats), else ""
 	root   int
+	aufs   bool // aufs markers count in the upper (see Convert)
 	lowers *check.Lowers
 	res    *Result
 }
@@ -186,62 +193,55 @@ type upperDir struct {
 func (c *converter) read(fd int, metas []metaDir) (*upperDir, error) {
 	u := &upperDir{objs: map[string]unix.Stat_t{}, whiteouts: map[string][]source{}}
 	if fd >= 0 {
-		ents, err := check.ReadDir(fd)
-		if err != nil {
-			return nil, err
-		}
-		c.res.Objects += len(ents)
-		if c.opt.Progress != nil {
-			c.opt.Progress(len(ents))
-		}
-		for _, e := range ents {
+		op, _ := whiteout.DirOpacity(fd, "")
+		dc := stack.DirContext{Aufs: c.aufs, AtRoot: fd == c.root, Opacity: op}
+		n := 0
+		err := stack.ReadDir(fd, dc, func(e *stack.Entry) error {
+			n++
 			name := e.Name
-			switch {
-			case fd == c.root && whiteout.IsRootMetaName(name), whiteout.IsTempName(name):
-			case whiteout.IsMarkerName(name):
-				if strings.HasPrefix(name, whiteout.AufsPrefix+whiteout.AufsPrefix) {
-					continue
-				}
-				hidden := name[len(whiteout.AufsPrefix):]
-				u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: c.to.Name() == "aufs",
+			switch e.Kind {
+			case stack.AufsWhiteout:
+				u.whiteouts[e.Hides] = append(u.whiteouts[e.Hides], source{native: c.to.Name() == "aufs",
 					remove: func() error { return unix.Unlinkat(fd, name, 0) }})
-			default:
+			case stack.Whiteout:
+				u.whiteouts[name] = append(u.whiteouts[name], source{native: c.to.Name() == "overlay",
+					remove: func() error { return unix.Unlinkat(fd, name, 0) }})
+			case stack.Shown:
 				var st unix.Stat_t
 				if err := sysx.Fstatat(fd, name, &st); err != nil {
-					return nil, err
-				}
-				if whiteout.IsOverlayWhiteout(&st) {
-					u.whiteouts[name] = append(u.whiteouts[name], source{native: c.to.Name() == "overlay",
-						remove: func() error { return unix.Unlinkat(fd, name, 0) }})
-					continue
+					return err
 				}
 				u.objs[name] = st
 				u.names = append(u.names, name)
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.res.Objects += n
+		if c.opt.Progress != nil {
+			c.opt.Progress(n)
 		}
 	}
 	seen := map[string]bool{}
 	for _, m := range metas {
-		ents, err := check.ReadDir(m.fd)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range ents {
-			name, mfd := e.Name, m.fd
-			var st unix.Stat_t
-			if sysx.Fstatat(mfd, name, &st) != nil {
-				continue
-			}
-			if hidden, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && hidden != "" {
+		mfd := m.fd
+		err := stack.ReadMeta(mfd, func(e *stack.MetaEntry) error {
+			name := e.Name
+			switch {
+			case e.Kind == stack.MetaWhiteout:
 				// A file, or for a directory (unionfs-fuse 1.0) a directory.
-				u.whiteouts[hidden] = append(u.whiteouts[hidden], source{native: m.name == c.meta,
+				u.whiteouts[e.Hides] = append(u.whiteouts[e.Hides], source{native: m.name == c.meta,
 					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
-				continue
-			}
-			if st.Mode&unix.S_IFMT == unix.S_IFDIR && !seen[name] {
+			case e.Kind == stack.MetaDir && !seen[name]:
 				seen[name] = true
 				u.metaDirs = append(u.metaDirs, name)
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	sort.Strings(u.names)
@@ -397,12 +397,8 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	case stack == nil:
 	case opaque:
 		sub = &check.Stack{}
-	case valid && strings.HasPrefix(redirect, "/"):
-		sub, _ = c.lowers.At(redirect)
-	case valid:
-		sub = stack.Child(redirect)
 	default:
-		sub = stack.Child(name)
+		sub = stack.Below(name, redirect)
 	}
 	defer sub.Close()
 	if (materialise || own) && stack == nil {
@@ -443,7 +439,7 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		}
 		c.res.Markers++
 	}
-	if c.to.Name() != "overlay" && check.HasAnyXattr(d.Fd, name, whiteout.OpaqueXattrs) {
+	if c.to.Name() != "overlay" && stack.HasMark(d.Fd, name, whiteout.OpaqueXattrs) {
 		if err := check.RemoveXattrs(d.Fd, name, whiteout.OpaqueXattrs); err != nil {
 			return fail(err)
 		}

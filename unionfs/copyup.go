@@ -247,7 +247,7 @@ func (n *Node) copyUpLocked(parent *Node, pup layerDir, name string, data bool) 
 		opts.Extra[n.root.metacopyXattr()] = nil
 	}
 	if lowerMeta {
-		if rd := n.root.readRedirect(lower.fd, name); rd != "" {
+		if rd := n.root.reader.Redirect(lower.fd, name); rd != "" {
 			opts.Extra[n.root.redirectXattr()] = []byte(rd)
 		}
 	}

@@ -49,17 +49,17 @@ func (n *Node) prepareNew(name string) (*newPlace, syscall.Errno) {
 		return nil, errno
 	}
 	defer res.close()
-	if res.exists() {
+	if res.Exists() {
 		return nil, syscall.EEXIST
 	}
 	p := &newPlace{up: up, dir: n.upperDirOf(up)}
-	if res.whiteout != nil && res.whiteout.IsUpper() {
+	if res.Whiteout == 0 {
 		p.replace = true
 		below, errno := n.resolveBelow(name)
 		if errno != 0 {
 			return nil, errno
 		}
-		p.below = below.exists()
+		p.below = below.Exists()
 		below.close()
 	}
 	if err := sysx.Fstat(up.fd, &p.parent); err != nil {

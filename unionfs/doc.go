@@ -14,7 +14,9 @@
 // A name is looked up in each layer directory of its parent, topmost first. A whiteout ends the search: the name
 // does not exist. A non-directory ends it too: it is the result, and lower objects of the same name are hidden. A
 // directory continues the search unless it is opaque; the directories found form the child's stack. A
-// non-directory below a directory is hidden. Marker names of every whiteout format are never visible.
+// non-directory below a directory is hidden. Marker names of every whiteout format are never visible. The rules
+// (with redirects and metadata-only copies) are package stack's, which the offline tools read layers with too;
+// this package adds its descriptors, counters and inode numbers (resolve, listView).
 //
 // # Inode numbers
 //

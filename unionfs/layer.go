@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
-	"github.com/ltsp/ltsp-unionfs/whiteout"
+	"github.com/ltsp/ltsp-unionfs/stack"
 )
 
 // Layer is one branch of the union: the upper (writable) layer or one of the read-only lowers. Its directory is
@@ -123,8 +123,7 @@ func OpenLayers(upper string, lowers []string) (*Layers, error) {
 	}
 	for _, l := range ls.all {
 		l.privatize()
-		l.aufs = hasAufsMarkers(l.fd)
-		l.openMeta()
+		l.readDeclarations()
 	}
 	ok = true
 	return ls, nil
@@ -250,29 +249,14 @@ func isAncestorOf(a *Layer, bfd int, bid devIno) bool {
 	return false
 }
 
-// openMeta opens the layer's unionfs-fuse meta directory, if it has one.
-func (l *Layer) openMeta() {
-	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
-		if fd, err := sysx.OpenDir(l.fd, name); err == nil {
-			l.meta = fd
-			return
-		}
+// readDeclarations reads which marker formats the layer declares (see stack.Declarations), keeping the meta
+// directory it has open already.
+func (l *Layer) readDeclarations() {
+	aufs, _, meta := stack.Declarations(l.fd)
+	l.aufs = aufs
+	if l.meta < 0 {
+		l.meta = meta
+	} else if meta >= 0 {
+		unix.Close(meta)
 	}
-}
-
-// hasAufsMarkers reports whether the layer root holds aufs markers (".wh.*" entries; aufs keeps ".wh..wh.aufs",
-// ".wh..wh.plnk" and ".wh..wh.orph" at the root of every writable branch).
-func hasAufsMarkers(rootfd int) bool {
-	dfd, err := sysx.Openat(rootfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(dfd)
-	found := false
-	sysx.Getdents(dfd, func(name string, _ uint64, _ uint8) {
-		if whiteout.IsMarkerName(name) {
-			found = true
-		}
-	})
-	return found
 }

@@ -13,39 +13,21 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
-// probe is one layer's contribution to a name of the merged view.
-type probe struct {
-	layer    *Layer
-	dirfd    int              // the directory holding the object in that layer
-	name     string           // the object's name there (another name than the union's under a redirect)
-	st       unix.Stat_t      // the object's attributes
-	opacity  whiteout.Opacity // directories with a layer below: their opacity
-	redirect string           // directories with a layer below: their redirect xattr, as found
-	origin   *devIno          // upper non-directories copied up: the identity of the lower original
-	metacopy bool             // regular files that are metadata-only copies (in the upper layer, or in a lower layer that was the upper one of an earlier mount)
-}
-
-// resolution is what a name means in the merged view.
+// resolution is what a name means in the merged view (see package stack), with the marker directories of a
+// directory and the origin of a copied-up file.
 type resolution struct {
-	found []probe // topmost first: one object for a non-directory, one per layer directory for a directory
-	data  *probe  // for a metadata-only copy: the lower file holding the data
-	// dataMoved says that data is not at the copy's own name: an overlay redirect on the copy (kernel overlayfs
-	// writes one when it renames a metadata-only copy) names it.
-	dataMoved bool
-	whiteout  *Layer    // the layer whose marker ended the search, if one did
-	metas     []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
-	tmpfds    []int     // descriptors opened to follow absolute redirects; released by close
+	stack.Result
+	origin *devIno   // a copied-up non-directory: the identity of its lower original, if its origin mark names one
+	metas  []metaDir // directories: their unionfs-fuse marker directories; released by close unless taken
 }
 
-// close releases the descriptors res opened. The probes' dirfd fields are invalid afterwards.
+// close releases the descriptors res holds. The objects' Dirfd fields are invalid afterwards.
 func (res *resolution) close() {
-	for _, fd := range res.tmpfds {
-		unix.Close(fd)
-	}
-	res.tmpfds = nil
+	res.Close()
 	for _, m := range res.metas {
 		unix.Close(m.fd)
 	}
@@ -59,150 +41,40 @@ func (res *resolution) takeMetas() []metaDir {
 	return m
 }
 
-// exists reports whether the name resolved to anything.
-func (res *resolution) exists() bool { return len(res.found) > 0 }
-
-// isDir reports whether the name resolved to a directory.
-func (res *resolution) isDir() bool {
-	return len(res.found) > 0 && res.found[0].st.Mode&unix.S_IFMT == unix.S_IFDIR
+// newReader returns the reader of r's layers (see package stack): the union's own namespace for its marks, its
+// counters for the layer directories it reads.
+func (r *Root) newReader() *stack.Reader {
+	rd := &stack.Reader{
+		Redirects:  []string{r.redirectXattr()},
+		Metacopies: []string{r.metacopyXattr()},
+		Origin:     r.originXattr(),
+		Probed: func(li int) {
+			if li == 0 {
+				r.stats.upperLookups.Add(1)
+			} else {
+				r.stats.lowerLookups.Add(1)
+			}
+		},
+		Listed: func(int) { r.stats.layerReaddirs.Add(1) },
+	}
+	for _, l := range r.layers.all {
+		rd.Layers = append(rd.Layers, stack.Layer{Root: l.fd, Aufs: l.aufs})
+	}
+	return rd
 }
 
-// resolve looks name up in the directory whose view is v, with overlayfs's rules (see the package documentation)
-// and every marker format. A directory's redirect makes the layers below it be searched at the redirect's path
-// instead (absolute redirects from each layer's root, as overlayfs does even when the parent has no directory in
-// those layers). The caller must close the result.
+// resolve looks name up in the directory whose view is v (see package stack for the rules) and opens, for a
+// directory, its marker directories. The caller must close the result.
 func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
-	parent := v.dirs
 	res := &resolution{}
-	target := name       // the name to look for in the next layer
-	var absPath []string // set while following an absolute redirect
-	pi := 0
-	layers := r.layers.all
-	for li := 0; li < len(layers); li++ {
-		l := layers[li]
-		var dirfd int
-		meta := -1
-		var pdOpacity whiteout.Opacity
-		below := false // whether layers below this one can contribute
-		if absPath != nil {
-			fd, ok := r.walkLower(l, absPath[:len(absPath)-1], res)
-			if !ok {
-				continue
-			}
-			dirfd, target = fd, absPath[len(absPath)-1]
-			below = li < len(layers)-1
-		} else {
-			meta = metaIn(v.metas, l)
-			for pi < len(parent) && parent[pi].layer.Index < l.Index {
-				pi++
-			}
-			if pi >= len(parent) || parent[pi].layer != l || parent[pi].fd < 0 {
-				// The layer has no such directory, but its marker tree may white the name out.
-				if target == name && hasMarker(l, -1, meta, target) {
-					res.whiteout = l
-					break
-				}
-				continue
-			}
-			pd := parent[pi]
-			dirfd, pdOpacity = pd.fd, pd.opacity
-			below = pi < len(parent)-1
-		}
-		p := probe{layer: l, dirfd: dirfd, name: target}
-		if l.IsUpper() {
-			r.stats.upperLookups.Add(1)
-		} else {
-			r.stats.lowerLookups.Add(1)
-		}
-		err := sysx.Fstatat(dirfd, target, &p.st)
-		if err == syscall.ENOENT || err == syscall.ENOTDIR {
-			if hasMarker(l, dirfd, meta, target) {
-				res.whiteout = l
-				break
-			}
-			continue
-		}
-		if err != nil {
-			res.close()
-			return nil, r.layerErrno(l, "lookup", target, err)
-		}
-		if whiteout.IsOverlayWhiteout(&p.st) ||
-			pdOpacity == whiteout.Xwhiteouts && whiteout.IsXwhiteout(dirfd, target, &p.st) {
-			res.whiteout = l
-			break
-		}
-		isDir := p.st.Mode&unix.S_IFMT == unix.S_IFDIR
-		// A lower layer may be the upper layer of an earlier mount (layers rotated down): its regular files
-		// may be metadata-only copies too, whose data lies further down. (Their origin marks name layers of
-		// that mount, not of this one: only the upper layer's are read.)
-		if !isDir && !l.IsUpper() && li < len(layers)-1 && p.st.Mode&unix.S_IFMT == unix.S_IFREG {
-			r.readMetacopyMark(&p)
-		}
-		if len(res.found) > 0 && res.found[0].metacopy {
-			// The data of a metadata-only copy: the next non-directory below it that is not one itself.
-			if isDir {
-				break
-			}
-			if !p.metacopy {
-				res.data = &p
-				break
-			}
-			target, absPath = r.followDataRedirect(dirfd, target, absPath, res)
-			continue
-		}
-		if len(res.found) > 0 && !isDir {
-			break // a non-directory below a directory is hidden
-		}
-		if !isDir {
-			if l.IsUpper() {
-				r.readCopyUpMarks(&p)
-			}
-			res.found = append(res.found, p)
-			if p.metacopy {
-				target, absPath = r.followDataRedirect(dirfd, target, absPath, res)
-				continue
-			}
-			break
-		}
-		if li < len(layers)-1 {
-			// A redirect leads to the lower layers even where the parent has no directory in them (an
-			// absolute one is looked up from each layer's root); opacity matters where something lies below.
-			p.redirect = r.readRedirect(dirfd, target)
-			if below || p.redirect != "" {
-				op, err := whiteout.DirOpacity(dirfd, target)
-				if err != nil && err != syscall.EXDEV {
-					res.close()
-					return nil, r.layerErrno(l, "reading opacity of", target, err)
-				}
-				if op != whiteout.Opaque && hasMarker(l, dirfd, meta, target) {
-					op = whiteout.Opaque // aufs and unionfs-fuse: a marker beside a directory makes it opaque
-				}
-				p.opacity = op
-			}
-			if p.opacity == whiteout.Opaque {
-				p.redirect = ""
-			}
-		}
-		res.found = append(res.found, p)
-		if p.opacity == whiteout.Opaque {
-			break
-		}
-		switch {
-		case strings.HasPrefix(p.redirect, "/"):
-			absPath, _ = whiteout.SplitRedirect(p.redirect)
-			if len(absPath) == 0 {
-				absPath = nil // a redirect to the root: ignore it
-			}
-		case p.redirect != "" && sysx.CheckName(p.redirect) == nil:
-			target = p.redirect
-		}
+	if err := r.reader.Lookup(v, name, &res.Result); err != nil {
+		res.close()
+		return nil, r.readErrno(err)
 	}
-	if len(res.found) > 0 && res.found[0].metacopy && res.data == nil {
-		// The data of a metadata-only copy is gone from the lower layers: show the (empty) upper file rather
-		// than fail every access; `check` reports it.
-		res.found[0].metacopy = false
+	if res.Kind() == stack.KindFile && res.Found[0].Origin != "" {
+		res.origin = r.parseOrigin(res.Found[0].Origin)
 	}
-	if res.isDir() {
+	if res.IsDir() {
 		for _, m := range v.metas {
 			if fd, err := sysx.OpenDir(m.fd, name); err == nil {
 				res.metas = append(res.metas, metaDir{layer: m.layer, fd: fd})
@@ -212,6 +84,17 @@ func (r *Root) resolve(v dirView, name string) (*resolution, syscall.Errno) {
 	return res, 0
 }
 
+// readErrno converts an error of package stack into the reply, logged with its layer.
+func (r *Root) readErrno(err error) syscall.Errno {
+	if e, ok := err.(*stack.Error); ok {
+		return r.layerErrno(r.layers.all[e.Layer], e.Op, e.Name, e.Err)
+	}
+	return toErrno(err)
+}
+
+// layerOf returns the layer of an object lookup found.
+func (r *Root) layerOf(o *stack.Object) *Layer { return r.layers.all[o.Layer] }
+
 // metaIn returns the marker directory of layer l in metas, or -1.
 func metaIn(metas []metaDir, l *Layer) int {
 	for _, m := range metas {
@@ -220,91 +103,6 @@ func metaIn(metas []metaDir, l *Layer) int {
 		}
 	}
 	return -1
-}
-
-// hasMarker reports whether layer l whites out name in the directory dirfd (-1 if the layer has no such
-// directory) or its marker directory meta (-1 if none) with an aufs or unionfs-fuse marker (overlay whiteouts are
-// the name itself).
-func hasMarker(l *Layer, dirfd, meta int, name string) bool {
-	if dirfd >= 0 && l.aufs && whiteout.HasAufsWhiteout(dirfd, name) {
-		return true
-	}
-	if meta >= 0 && len(name)+len(whiteout.UnionfsHiddenSuffix) <= 255 {
-		var st unix.Stat_t
-		return sysx.Fstatat(meta, name+whiteout.UnionfsHiddenSuffix, &st) == nil
-	}
-	return false
-}
-
-// walkLower opens the directory at the path comps from the root of lower layer l, remembering the descriptor in
-// res; ok is false if l has no directory there.
-func (r *Root) walkLower(l *Layer, comps []string, res *resolution) (int, bool) {
-	fd, err := sysx.OpenDir(l.fd, "")
-	if err != nil {
-		return -1, false
-	}
-	for _, c := range comps {
-		next, err := sysx.OpenDir(fd, c)
-		unix.Close(fd)
-		if err != nil {
-			return -1, false
-		}
-		fd = next
-	}
-	res.tmpfds = append(res.tmpfds, fd)
-	return fd, true
-}
-
-// readRedirect returns the redirect xattr of the directory name in dirfd, or "".
-func (r *Root) readRedirect(dirfd int, name string) string {
-	for _, attr := range []string{whiteout.OverlayRedirectXattr, r.priv + "redirect"} {
-		if v, err := sysx.GetxattrAll(dirfd, name, attr); err == nil && len(v) > 0 {
-			return string(v)
-		}
-	}
-	return ""
-}
-
-// readCopyUpMarks reads the marks the union leaves on upper non-directories it copied up: the origin and whether
-// the copy is metadata-only.
-func (r *Root) readCopyUpMarks(p *probe) {
-	// Most upper files have no xattrs at all: one listxattr says so, instead of a getxattr per mark.
-	if n, err := sysx.Listxattrat(p.dirfd, p.name, nil); err == nil && n == 0 {
-		return
-	}
-	if v, err := sysx.GetxattrAll(p.dirfd, p.name, r.originXattr()); err == nil {
-		p.origin = r.parseOrigin(string(v))
-	}
-	if p.st.Mode&unix.S_IFMT == unix.S_IFREG {
-		r.readMetacopyMark(p)
-	}
-}
-
-// readMetacopyMark sets p.metacopy if the regular file p is a metadata-only copy.
-func (r *Root) readMetacopyMark(p *probe) {
-	if _, err := sysx.Getxattrat(p.dirfd, p.name, r.metacopyXattr(), nil); err == nil {
-		p.metacopy = true
-	}
-}
-
-// followDataRedirect returns where the layers below a metadata-only copy (name in dirfd) hold its data: as its
-// redirect says (kernel overlayfs writes one when it renames such a copy), else under the same name. It returns
-// the name to look for next and the absolute path to walk in each layer (nil if none), given the current ones.
-func (r *Root) followDataRedirect(dirfd int, name string, absPath []string, res *resolution) (string, []string) {
-	switch rd := r.readRedirect(dirfd, name); {
-	case strings.HasPrefix(rd, "/"):
-		if comps, _ := whiteout.SplitRedirect(rd); len(comps) > 0 {
-			res.dataMoved = true
-			return name, comps
-		}
-	case rd != "" && sysx.CheckName(rd) == nil:
-		res.dataMoved = true
-		if absPath != nil { // a name beside the copy, on the path being walked
-			return rd, append(append([]string{}, absPath[:len(absPath)-1]...), rd)
-		}
-		return rd, nil
-	}
-	return name, absPath
 }
 
 // originXattr and metacopyXattr name the union's marks in its private namespace.
@@ -339,18 +137,18 @@ func (r *Root) parseOrigin(v string) *devIno {
 // a lower layer has, the topmost lower directory, so that the number survives a copy of the directory into the
 // upper layer; for a copied-up non-directory, its lower original; otherwise the topmost object.
 func (res *resolution) identity() devIno {
-	top := &res.found[0]
-	if top.origin != nil {
-		return *top.origin
+	top := &res.Found[0]
+	if res.origin != nil {
+		return *res.origin
 	}
-	if top.st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		for _, p := range res.found {
-			if !p.layer.IsUpper() {
-				return devIno{p.st.Dev, p.st.Ino}
+	if top.IsDir() {
+		for _, p := range res.Found {
+			if p.Layer != 0 {
+				return devIno{p.Stat.Dev, p.Stat.Ino}
 			}
 		}
 	}
-	return devIno{top.st.Dev, top.st.Ino}
+	return devIno{top.Stat.Dev, top.Stat.Ino}
 }
 
 // stackIdentity is identity for an open directory stack.
@@ -367,8 +165,8 @@ func stackIdentity(dirs []layerDir) devIno {
 // and hard links share a node; but a lower file's hard links split when one of them is copied up (as in
 // overlayfs without index), so each name of a multiply linked lower file gets a node of its own, told apart by
 // a generation derived from its name.
-func generation(parent *Node, name string, top *probe) uint64 {
-	if top.layer.IsUpper() || top.st.Nlink <= 1 || top.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+func generation(parent *Node, name string, top *stack.Object) uint64 {
+	if top.Layer == 0 || top.Stat.Nlink <= 1 || top.IsDir() {
 		return 1
 	}
 	h := fnv.New64a()
@@ -397,7 +195,7 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, errno
 	}
 	defer res.close()
-	if !res.exists() {
+	if !res.Exists() {
 		return nil, syscall.ENOENT
 	}
 	return n.root.childFromResolution(ctx, n, name, res, out)
@@ -426,14 +224,14 @@ func (n *Node) resolveBelow(name string) (*resolution, syscall.Errno) {
 // childFromResolution returns the node for what name in parent resolved to, reusing parent's existing child when
 // it is the same object, and fills out.
 func (r *Root) childFromResolution(ctx context.Context, parent *Node, name string, res *resolution, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	top := &res.found[0]
-	mode := top.st.Mode & unix.S_IFMT
+	top := &res.Found[0]
+	mode := top.Stat.Mode & unix.S_IFMT
 	isDir := mode == unix.S_IFDIR
 	ino := r.inos.ino(res.identity())
-	merged := isDir && len(res.found) > 1
-	st := top.st
-	if res.data != nil {
-		st.Blocks = res.data.st.Blocks
+	merged := isDir && len(res.Found) > 1
+	st := top.Stat
+	if res.Data != nil {
+		st.Blocks = res.Data.Stat.Blocks
 	}
 
 	if ch := parent.GetChild(name); ch != nil {
@@ -449,20 +247,20 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 
 	var child *Node
 	if isDir {
-		dirs := make([]layerDir, 0, len(res.found))
-		for _, p := range res.found {
-			d := layerDir{layer: p.layer, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity}
-			fd, err := sysx.OpenDir(p.dirfd, p.name)
+		dirs := make([]layerDir, 0, len(res.Found))
+		for _, p := range res.Found {
+			d := layerDir{layer: r.layerOf(&p), dev: p.Stat.Dev, ino: p.Stat.Ino, opacity: p.Opacity}
+			fd, err := sysx.OpenDir(p.Dirfd, p.Name)
 			switch {
 			case err == syscall.EXDEV:
-				st := p.st
+				st := p.Stat
 				d.fd, d.st = -1, &st
 			case err != nil:
 				closeDirs(dirs)
 				if err == syscall.ENOTDIR || err == syscall.ELOOP {
 					err = syscall.ESTALE // replaced behind the daemon's back
 				}
-				return nil, r.layerErrno(p.layer, "opening directory", p.name, err)
+				return nil, r.layerErrno(d.layer, "opening directory", p.Name, err)
 			default:
 				d.fd = fd
 			}
@@ -470,15 +268,15 @@ func (r *Root) childFromResolution(ctx context.Context, parent *Node, name strin
 		}
 		child = r.newDirNode(dirs, res.takeMetas(), r.absRedirect(parent, res))
 	} else {
-		child = r.newFileNode(top.layer, &top.st)
-		if res.data != nil {
-			child.data, child.dataObj = res.data.layer, devIno{res.data.st.Dev, res.data.st.Ino}
-			if res.dataMoved {
-				fd, err := sysx.OpenDir(res.data.dirfd, "")
+		child = r.newFileNode(r.layerOf(top), &top.Stat)
+		if d := res.Data; d != nil {
+			child.data, child.dataObj = r.layerOf(d), devIno{d.Stat.Dev, d.Stat.Ino}
+			if res.DataMoved {
+				fd, err := sysx.OpenDir(d.Dirfd, "")
 				if err != nil {
-					return nil, r.layerErrno(res.data.layer, "opening directory of", res.data.name, err)
+					return nil, r.layerErrno(r.layerOf(d), "opening directory of", d.Name, err)
 				}
-				child.dataAt = &dataLoc{layer: res.data.layer, fd: fd, name: res.data.name}
+				child.dataAt = &dataLoc{layer: r.layerOf(d), fd: fd, name: d.Name}
 				child.owned = &fdSet{fds: []int{fd}}
 				runtime.AddCleanup(child, func(s *fdSet) { s.close() }, child.owned)
 			}
@@ -495,16 +293,12 @@ func (r *Root) absRedirect(parent *Node, res *resolution) string {
 	// says where that layer's directory continues further down, and the lookup follows it there, but the
 	// directory's content still starts at its own path in the topmost lower layer. A rename must record that
 	// path, or the content of the layers in between is lost (overlayfs does the same).
-	if len(res.found) == 0 || !res.found[0].layer.IsUpper() {
+	if len(res.Found) == 0 || res.Found[0].Layer != 0 {
 		return ""
 	}
-	switch p := res.found[0]; {
-	case p.redirect == "":
-	case strings.HasPrefix(p.redirect, "/"):
-		comps, _ := whiteout.SplitRedirect(p.redirect)
-		return "/" + strings.Join(comps, "/")
-	default:
-		return joinPath(parent.lowerPath(), p.redirect)
+	if rd := res.Found[0].Redirect; rd != "" {
+		p, _ := stack.RedirectPath(parent.lowerPath(), rd)
+		return p
 	}
 	return ""
 }

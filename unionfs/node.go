@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -36,6 +37,25 @@ type metaDir struct {
 type dirView struct {
 	dirs  []layerDir // topmost first
 	metas []metaDir  // topmost first
+}
+
+// Dir returns layer li's part of the directory, for package stack.
+func (v dirView) Dir(li int) stack.Dir {
+	d := stack.NoDir
+	for _, ld := range v.dirs {
+		if ld.layer.Index == li {
+			d.Fd, d.Opacity = ld.fd, ld.opacity
+			d.AtRoot = ld.dev == ld.layer.dev && ld.ino == ld.layer.ino
+			break
+		}
+	}
+	for _, m := range v.metas {
+		if m.layer.Index == li {
+			d.Meta = m.fd
+			break
+		}
+	}
+	return d
 }
 
 // below returns the view without the upper layer: what the directory would show if the upper layer held nothing.

@@ -2,7 +2,6 @@ package unionfs
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -11,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
-	"github.com/ltsp/ltsp-unionfs/whiteout"
+	"github.com/ltsp/ltsp-unionfs/stack"
 )
 
 // OpendirHandle - FUSE call. Returns a handle whose listing is built on the first read. The kernel may cache the
@@ -120,61 +119,26 @@ func (n *Node) list() ([]fuse.DirEntry, syscall.Errno) {
 	return entries, n.staleDir(errno)
 }
 
-// listView builds the merged listing of a directory with the view given (see list).
+// listView builds the merged listing of a directory with the view given (see list and package stack).
 func (r *Root) listView(v dirView, selfIno, parentIno uint64) ([]fuse.DirEntry, syscall.Errno) {
-	stack := v.dirs
 	entries := []fuse.DirEntry{
 		{Name: ".", Mode: unix.S_IFDIR, Ino: selfIno},
 		{Name: "..", Mode: unix.S_IFDIR, Ino: parentIno},
 	}
-	seen := make(map[string]bool)
 	var fromUpper []int // entries whose numbers come from lookup rules (origins, lower directories, redirects)
-	for _, l := range r.layers.all {
-		// The layer's marker directory hides names of the layers below, whether or not the layer has the
-		// directory itself.
-		hides := r.markersIn(l, v)
-		ld, ok := dirIn(stack, l)
-		if !ok {
-			for _, h := range hides {
-				seen[h] = true
-			}
-			continue
+	devs := make([]uint64, len(r.layers.all))
+	for _, ld := range v.dirs {
+		devs[ld.layer.Index] = ld.dev
+	}
+	err := r.reader.List(v, func(li int, e *stack.Entry) error {
+		if li == 0 {
+			fromUpper = append(fromUpper, len(entries))
 		}
-		atRoot := ld.dev == ld.layer.dev && ld.ino == ld.layer.ino
-		r.stats.layerReaddirs.Add(1)
-		err := r.readLayerDir(ld, func(name string, dino uint64, typ uint8) syscall.Errno {
-			if name == "." || name == ".." || seen[name] || whiteout.IsMarkerName(name) ||
-				atRoot && whiteout.IsRootMetaName(name) {
-				return 0
-			}
-			seen[name] = true
-			if typ == unix.DT_UNKNOWN || typ == unix.DT_CHR || typ == unix.DT_REG && ld.opacity == whiteout.Xwhiteouts {
-				// The type is unknown (some NFS servers, older filesystems) or the entry may be a whiteout.
-				var st unix.Stat_t
-				if err := sysx.Fstatat(ld.fd, name, &st); err != nil {
-					if err == syscall.ENOENT {
-						return 0 // removed behind our back since getdents
-					}
-					return r.layerErrno(ld.layer, "stat", name, err)
-				}
-				typ = dtype(st.Mode)
-				if whiteout.IsOverlayWhiteout(&st) ||
-					typ == unix.DT_REG && ld.opacity == whiteout.Xwhiteouts && whiteout.IsXwhiteout(ld.fd, name, &st) {
-					return 0
-				}
-			}
-			if ld.layer.IsUpper() {
-				fromUpper = append(fromUpper, len(entries))
-			}
-			entries = append(entries, fuse.DirEntry{Name: name, Mode: uint32(typ) << 12, Ino: r.inos.ino(devIno{ld.dev, dino})})
-			return 0
-		})
-		if err != 0 {
-			return nil, err
-		}
-		for _, h := range hides {
-			seen[h] = true
-		}
+		entries = append(entries, fuse.DirEntry{Name: e.Name, Mode: uint32(e.Type) << 12, Ino: r.inos.ino(devIno{devs[li], e.Ino})})
+		return nil
+	})
+	if err != nil {
+		return nil, r.readErrno(err)
 	}
 	// An upper entry's number may come from below it: a copy's origin, a merged or redirected directory's lower
 	// directory. Ask lookup, which knows all the rules.
@@ -183,62 +147,12 @@ func (r *Root) listView(v dirView, selfIno, parentIno uint64) ([]fuse.DirEntry, 
 		if errno != 0 {
 			return nil, errno
 		}
-		if res.exists() {
+		if res.Exists() {
 			entries[i].Ino = r.inos.ino(res.identity())
 		}
 		res.close()
 	}
 	return entries, 0
-}
-
-// markersIn returns the names layer l whites out in the directory whose view is v, for the layers below, with
-// aufs or unionfs-fuse markers.
-func (r *Root) markersIn(l *Layer, v dirView) []string {
-	var names []string
-	if ld, ok := dirIn(v.dirs, l); ok && l.aufs {
-		r.readLayerNames(l, ld.fd, func(name string) {
-			if hidden, ok := aufsWhiteoutTarget(name); ok && whiteout.IsMarkerName(name) {
-				names = append(names, hidden)
-			}
-		})
-	}
-	if meta := metaIn(v.metas, l); meta >= 0 {
-		r.readLayerNames(l, meta, func(name string) {
-			if h, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && h != "" {
-				names = append(names, h)
-			}
-		})
-	}
-	return names
-}
-
-// readLayerNames calls fn with every name in the directory dirfd of layer l.
-func (r *Root) readLayerNames(l *Layer, dirfd int, fn func(string)) {
-	fd, err := sysx.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	sysx.Getdents(fd, func(name string, _ uint64, _ uint8) { fn(name) })
-}
-
-// readLayerDir lists one layer directory, calling fn for each entry until fn returns an error.
-func (r *Root) readLayerDir(ld layerDir, fn func(name string, ino uint64, typ uint8) syscall.Errno) syscall.Errno {
-	fd, err := sysx.Openat(ld.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME, 0)
-	if err != nil {
-		return r.layerErrno(ld.layer, "opening directory", ".", err)
-	}
-	defer unix.Close(fd)
-	var errno syscall.Errno
-	err = sysx.Getdents(fd, func(name string, ino uint64, typ uint8) {
-		if errno == 0 {
-			errno = fn(name, ino, typ)
-		}
-	})
-	if err != nil {
-		return r.layerErrno(ld.layer, "reading directory", ".", err)
-	}
-	return errno
 }
 
 // parentIno returns the inode number of n's parent, or n's own for the root.
@@ -247,16 +161,6 @@ func (n *Node) parentIno() uint64 {
 		return p.StableAttr().Ino
 	}
 	return n.StableAttr().Ino
-}
-
-// aufsWhiteoutTarget returns the name an aufs marker ".wh.NAME" whites out; the aufs meta names ".wh..wh.*"
-// (the union's temporary objects among them) white out nothing.
-func aufsWhiteoutTarget(marker string) (string, bool) {
-	name, ok := strings.CutPrefix(marker, whiteout.AufsPrefix)
-	if !ok || name == "" || strings.HasPrefix(name, whiteout.AufsPrefix) {
-		return "", false
-	}
-	return name, true
 }
 
 // dtype converts a file mode into a DT_* directory entry type.

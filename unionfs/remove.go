@@ -40,11 +40,11 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 	}
 	defer res.close()
 	switch {
-	case !res.exists():
+	case !res.Exists():
 		return syscall.ENOENT
-	case dir && !res.isDir():
+	case dir && !res.IsDir():
 		return syscall.ENOTDIR
-	case !dir && res.isDir():
+	case !dir && res.IsDir():
 		return syscall.EISDIR
 	}
 	if dir {
@@ -66,7 +66,7 @@ func (n *Node) remove(name string, dir bool) syscall.Errno {
 	}
 	d := n.upperDirOf(up)
 	defer n.refreshMeta()
-	if !res.found[0].layer.IsUpper() {
+	if res.Found[0].Layer != 0 {
 		// Only lower objects: a whiteout hides them.
 		if _, err := n.root.format.Hide(d, name, whiteout.TempName()); err != nil {
 			return n.root.layerErrno(up.layer, "whiteout", name, err)
@@ -174,22 +174,22 @@ func (n *Node) lowerHas(name string) (bool, syscall.Errno) {
 		return false, errno
 	}
 	defer res.close()
-	return res.exists(), 0
+	return res.Exists(), 0
 }
 
 // isEmpty reports whether the directory res found lists nothing in the merged view.
 func (r *Root) isEmpty(res *resolution) (bool, syscall.Errno) {
 	var dirs []layerDir
 	defer func() { closeDirs(dirs) }()
-	for _, p := range res.found {
-		fd, err := sysx.OpenDir(p.dirfd, p.name)
+	for _, p := range res.Found {
+		fd, err := sysx.OpenDir(p.Dirfd, p.Name)
 		if err == syscall.EXDEV {
 			continue
 		}
 		if err != nil {
-			return false, r.layerErrno(p.layer, "opening directory", p.name, err)
+			return false, r.layerErrno(r.layerOf(&p), "opening directory", p.Name, err)
 		}
-		dirs = append(dirs, layerDir{layer: p.layer, fd: fd, dev: p.st.Dev, ino: p.st.Ino, opacity: p.opacity})
+		dirs = append(dirs, layerDir{layer: r.layerOf(&p), fd: fd, dev: p.Stat.Dev, ino: p.Stat.Ino, opacity: p.Opacity})
 	}
 	if len(dirs) == 0 {
 		return true, 0

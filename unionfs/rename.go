@@ -53,20 +53,20 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	defer dst.close()
 	switch {
-	case !src.exists():
+	case !src.Exists():
 		return syscall.ENOENT
-	case exchange && !dst.exists():
+	case exchange && !dst.Exists():
 		return syscall.ENOENT
-	case flags&unix.RENAME_NOREPLACE != 0 && dst.exists():
+	case flags&unix.RENAME_NOREPLACE != 0 && dst.Exists():
 		return syscall.EEXIST
 	}
-	if !exchange && dst.exists() {
+	if !exchange && dst.Exists() {
 		switch {
-		case src.isDir() && !dst.isDir():
+		case src.IsDir() && !dst.IsDir():
 			return syscall.ENOTDIR
-		case !src.isDir() && dst.isDir():
+		case !src.IsDir() && dst.IsDir():
 			return syscall.EISDIR
-		case dst.isDir():
+		case dst.IsDir():
 			empty, errno := n.root.isEmpty(dst)
 			if errno != 0 {
 				return errno
@@ -140,11 +140,11 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return 0
 	}
 
-	replaceMarker := !dst.exists() && dst.whiteout != nil && dst.whiteout.IsUpper()
-	if dst.exists() && dst.found[0].layer.IsUpper() && !dst.isDir() {
+	replaceMarker := !dst.Exists() && dst.Whiteout == 0
+	if dst.Exists() && dst.Found[0].Layer == 0 && !dst.IsDir() {
 		m.keepByDescriptor(mUp, newName) // the object renamed over loses its name, maybe not its users
 	}
-	if dst.exists() && dst.found[0].layer.IsUpper() && dst.isDir() {
+	if dst.Exists() && dst.Found[0].Layer == 0 && dst.IsDir() {
 		// Renaming over an empty directory: clear the markers it holds, or rename(2) finds it not empty.
 		if errno := m.clearUpperDir(mUp, mDir, newName); errno != 0 {
 			return errno
@@ -153,7 +153,7 @@ func (n *Node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if srcNode.isRegular() {
 		n.keepByDescriptor(nUp, name) // see there: requests racing with the move find the file by its descriptor
 	}
-	if errno := n.moveUpper(nUp, nDir, name, mDir, newName, src.isDir(), srcBelow, replaceMarker); errno != 0 {
+	if errno := n.moveUpper(nUp, nDir, name, mDir, newName, src.IsDir(), srcBelow, replaceMarker); errno != 0 {
 		return errno
 	}
 	srcNode.afterMove(srcOpaque)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -78,6 +79,7 @@ type Root struct {
 	rootID uint64          // inode number of the root directory
 	format whiteout.Format // the marker format written into the upper layer; immutable
 	priv   string          // prefix of the union's private xattrs: trusted.overlay. (root) or user.overlay.
+	reader *stack.Reader   // reads the layers (lookups, listings); immutable
 
 	lastLog     atomic.Int64 // Unix second of the last logged layer error
 	stats       stats        // the counters of Stats
@@ -105,6 +107,7 @@ func New(layers *Layers, cfg Config) (*Root, error) {
 	if err := r.chooseFormat(); err != nil {
 		return nil, err
 	}
+	r.reader = r.newReader()
 	// Fixed tag order: the topmost lower's device gets tag 0, so its files keep their inode numbers.
 	for _, l := range layers.Lowers() {
 		r.inos.register(l.dev)
@@ -184,10 +187,7 @@ func (r *Root) chooseFormat() error {
 			return fmt.Errorf("%s: preparing it for %s markers: %w", up, r.format.Name(), err)
 		}
 	}
-	up.aufs = hasAufsMarkers(up.fd)
-	if up.meta < 0 {
-		up.openMeta()
-	}
+	up.readDeclarations()
 	return nil
 }
 

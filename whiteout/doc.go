@@ -12,6 +12,6 @@
 //   - unionfs-fuse: whiteouts live in a separate tree under the upper's root, ".unionfs/PATH_HIDDEN~" (unionfs-fuse
 //     1.0, as in Debian 12, uses ".unionfs-fuse/"). The meta directory is never shown.
 //
-// Lookup and readdir in package unionfs ask this package what an entry means; they never test marker names or
-// xattrs themselves.
+// Package stack, which resolves names and lists directories for the daemon and the tools, asks this package what
+// an entry means; no other package tests marker names or xattrs itself.
 package whiteout

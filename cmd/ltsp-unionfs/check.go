@@ -10,6 +10,7 @@ import (
 	"github.com/ltsp/ltsp-unionfs/check"
 	"github.com/ltsp/ltsp-unionfs/convert"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
+	"github.com/ltsp/ltsp-unionfs/stack"
 )
 
 func newCheckCommand() *cobra.Command {
@@ -81,7 +82,7 @@ func exactArgs(n int) cobra.PositionalArgs {
 
 // upperToolError gives the errors of the upper-layer tools their exit codes.
 func upperToolError(err error) error {
-	var le *check.LayerError
+	var le *stack.LayerError
 	var be *check.BusyError
 	var ne *convert.NeedLowersError
 	switch {

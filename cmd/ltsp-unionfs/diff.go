@@ -14,6 +14,7 @@ import (
 
 	"github.com/ltsp/ltsp-unionfs/changes"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
+	"github.com/ltsp/ltsp-unionfs/stack"
 )
 
 const diffLong = `Print what the upper layer UPPER changes in the merged view: one line per change, sorted by path.
@@ -163,7 +164,7 @@ func checkLayerDir(role, path string) error {
 
 // layerCode gives errors about layer directories exit code 3.
 func layerCode(err error) error {
-	var le *changes.LayerError
+	var le *stack.LayerError
 	if errors.As(err, &le) || errors.Is(err, syscall.EACCES) {
 		return withCode(exitLayer, err)
 	}

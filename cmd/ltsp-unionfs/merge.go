@@ -11,6 +11,7 @@ import (
 	"github.com/ltsp/ltsp-unionfs/changes"
 	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
+	"github.com/ltsp/ltsp-unionfs/stack"
 )
 
 const mergeLong = `Apply the changes of the upper layer UPPER to DIR, a writable copy of the lower layers (an image under
@@ -68,7 +69,7 @@ func newMergeCommand() *cobra.Command {
 			}
 			by, err := inuse.Upper(upper)
 			if err != nil {
-				return layerCode(&changes.LayerError{Path: upper, Err: err})
+				return layerCode(&stack.LayerError{Path: upper, Err: err})
 			}
 			if by != "" {
 				return withCode(exitBusy, fmt.Errorf("upper layer %s is in use by %s: unmount it first", upper, by))

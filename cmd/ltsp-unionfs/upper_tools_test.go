@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ltsp/ltsp-unionfs/check"
 	"github.com/ltsp/ltsp-unionfs/fstest"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
@@ -137,10 +139,20 @@ func waitUnused(t *testing.T, upper string) {
 	}
 }
 
-// wantClean runs check on upper with the fixture as its lower and fails unless it finds nothing.
+// lowerFlags turns lower layers given as DIR:DIR... into --lower flags, topmost first.
+func lowerFlags(lowers string) []string {
+	var flags []string
+	for _, l := range strings.Split(lowers, ":") {
+		flags = append(flags, "--lower", l)
+	}
+	return flags
+}
+
+// wantClean runs check on upper with its lower layers (DIR:DIR..., topmost first) and fails unless it finds
+// nothing.
 func wantClean(t *testing.T, lower, upper string) {
 	t.Helper()
-	r := runCLI(t, "", "check", "--lower", lower, upper)
+	r := runCLI(t, "", append(append([]string{"check"}, lowerFlags(lower)...), upper)...)
 	if r.code != 0 {
 		t.Errorf("check: exit %d: %s%s", r.code, r.stdout, r.stderr)
 	}
@@ -152,12 +164,13 @@ var viewOpts = fstest.CompareOptions{IgnoreAtime: true, IgnoreDirNlink: true, Ig
 
 // convertChain converts upper to each format of chain in turn and compares, after each step, the merged view of
 // the converted upper with ref, the view before any conversion: through ltsp-unionfs, and through the union the
-// format belongs to (kernel overlayfs, unionfs-fuse 1.0) too. Each converted upper must check clean.
+// format belongs to (kernel overlayfs, unionfs-fuse 1.0) too. Each converted upper must check clean. lower may
+// name several layers (DIR:DIR..., topmost first).
 func convertChain(t *testing.T, lower, upper, ref string, chain ...string) {
 	t.Helper()
 	for i, f := range chain {
 		failed := t.Failed()
-		r := runCLI(t, "", "convert", upper, "--to", f, "--lower", lower)
+		r := runCLI(t, "", append([]string{"convert", upper, "--to", f}, lowerFlags(lower)...)...)
 		if r.code != 0 {
 			t.Fatalf("convert --to %s: exit %d: %s", f, r.code, r.stderr)
 		}
@@ -179,6 +192,9 @@ func convertChain(t *testing.T, lower, upper, ref string, chain ...string) {
 			fstest.CompareTrees(t, ref, kernel, viewOpts)
 			testutil.Unmount(t, kernel)
 		case "unionfs-fuse-1.0":
+			if strings.Contains(lower, ":") {
+				break // rotated lowers hold overlay markers, which unionfs-fuse does not read
+			}
 			mountUnionfsFuse(t, requireUnionfsFuse(t), lower, upper, uf)
 			opt := viewOpts
 			opt.IgnoreXattrs = true // Debian's unionfs-fuse is built without xattr support
@@ -227,6 +243,77 @@ func convertLtspUpper(t *testing.T, format string, chain ...string) {
 	}
 	wantClean(t, lower, upper)
 	convertChain(t, lower, upper, refView(t, lower, upper, false), chain...)
+}
+
+// rotatedScript changes whatever a union shows, without knowing its names: appends to files (copy-ups, of
+// metadata-only copies in a lower layer among them), removes and chmods others, renames the deepest directories
+// (their lower content is then found through redirects, or copied), removes the first ones and creates new ones.
+const rotatedScript = `set -eu
+cd "$1"
+mapfile -t files < <(find . -type f | sort)
+mapfile -t deepest < <(find . -mindepth 2 -type d | sort -r | head -3)
+mapfile -t first < <(find . -mindepth 1 -maxdepth 1 -type d | sort | head -2)
+for f in "${files[@]:0:10}"; do echo appended >> "$f"; done
+for f in "${files[@]:10:10}"; do rm -f "$f"; done
+for f in "${files[@]:20:5}"; do chmod 600 "$f"; done
+i=0
+for d in "${deepest[@]}"; do mv "$d" "$d.moved$i"; i=$((i+1)); done
+for d in "${first[@]}"; do rm -rf "$d"; done
+mkdir -p newdir/sub
+echo new > newdir/sub/file
+`
+
+// TestToolsOverRotatedLowers reads, with the daemon and with check and convert, an upper over a stack whose top
+// lower is the upper of an earlier kernel overlayfs mount (layers rotated down): its redirects, metadata-only
+// copies, whiteouts and opaque directories must mean the same to every tool as to the daemon. The daemon writes
+// the new upper in each format; check must find it clean and every conversion must leave the view unchanged.
+func TestToolsOverRotatedLowers(t *testing.T) {
+	testutil.RequireRoot(t)
+	base := newLower(t)
+	// A directory kernel overlayfs renamed (a redirect in the rotated layer) that the new union renames again,
+	// and a file it made a metadata-only copy of that the new union changes again: a conversion that has to copy
+	// them must follow the rotated layer's redirect and metadata-only copy down to the base.
+	if err := os.MkdirAll(base+"/rot/A/sub", 0755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"rot/A/one", "rot/A/sub/two", "rot/F"} {
+		if err := os.WriteFile(filepath.Join(base, f), []byte("base "+f+"\n"), 0644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kupper := produceKernel(t, base)
+	dir, _, kmnt := upperDirs(t)
+	kwork := filepath.Join(dir, "work2")
+	os.Mkdir(kwork, 0755)
+	testutil.MountOverlay(t, []string{base}, kupper, kwork, kmnt, "redirect_dir=on", "metacopy=on")
+	changeUnion(t, kmnt, `set -e; cd "$1"; mv rot/A rot/B; chmod 600 rot/F`)
+	testutil.Unmount(t, kmnt)
+	if v, err := unix.Lgetxattr(kupper+"/rot/B", "trusted.overlay.redirect", make([]byte, 64)); err != nil || v == 0 {
+		t.Fatalf("kernel overlayfs wrote no redirect for the renamed directory: %v", err)
+	}
+	if _, err := unix.Lgetxattr(kupper+"/rot/F", "trusted.overlay.metacopy", nil); err != nil {
+		t.Fatalf("kernel overlayfs made no metadata-only copy: %v", err)
+	}
+	lowers := kupper + ":" + base
+	for _, format := range []string{"overlay", "aufs", "unionfs-fuse-1.0"} {
+		t.Run(format, func(t *testing.T) {
+			_, upper, mnt := upperDirs(t)
+			mountLtsp(t, lowers, upper, mnt, "-o", "whiteout="+format)
+			changeUnion(t, mnt, `set -e; cd "$1"; mv rot/B rot/C; chmod 640 rot/F`, rotatedScript)
+			unmountAndWait(t, mnt)
+			if format != "overlay" {
+				// As in convertLtspUpper: whiteouts inside a renamed (copied, opaque) tree hide nothing any more.
+				r := runCLI(t, "", append(append([]string{"check", "--repair"}, lowerFlags(lowers)...), upper)...)
+				if r.code != 0 || strings.Contains(r.stdout, "not repaired") {
+					t.Errorf("check --repair: exit %d: %s", r.code, r.stdout)
+				}
+			}
+			wantClean(t, lowers, upper)
+			chain := map[string][]string{"overlay": {"aufs", "overlay"}, "aufs": {"overlay", "aufs"},
+				"unionfs-fuse-1.0": {"overlay", "unionfs-fuse-1.0"}}[format]
+			convertChain(t, lowers, upper, refView(t, lowers, upper, false), chain...)
+		})
+	}
 }
 
 // Each format is converted to and from every other one across these tests (unionfs-fuse 2.0's format is
