@@ -4,13 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
-	"github.com/ltsp/ltsp-unionfs/check"
-	"github.com/ltsp/ltsp-unionfs/convert"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
 	"github.com/ltsp/ltsp-unionfs/stack"
+	"github.com/ltsp/ltsp-unionfs/tools/check"
+	"github.com/ltsp/ltsp-unionfs/tools/convert"
 )
 
 func newCheckCommand() *cobra.Command {
@@ -45,11 +47,15 @@ refuses while a mount uses UPPER. Symlinks in the layers are never followed.
   ltsp-unionfs check --json --lower /a --lower /b /tmp/up | jq '.problems[].kind'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			ls, err := splitLowers(lowers)
+			if err != nil {
+				return err
+			}
 			prog := progress.New(cmd.ErrOrStderr(), "upper objects checked")
-			rep, err := check.Check(args[0], check.Options{Lowers: lowers, Repair: repair, Progress: prog.Add})
+			rep, err := check.Check(args[0], check.Options{Lowers: ls, Repair: repair, Progress: prog.Add})
 			prog.Done()
 			if err != nil {
-				return upperToolError(err)
+				return toolError(err)
 			}
 			if asJSON {
 				out, err := json.MarshalIndent(rep, "", "  ")
@@ -66,8 +72,8 @@ refuses while a mount uses UPPER. Symlinks in the layers are never followed.
 			return nil
 		},
 	}
+	addLowerFlag(cmd, &lowers)
 	flags := cmd.Flags()
-	flags.StringArrayVar(&lowers, "lower", nil, "a lower layer `DIR`, topmost first (repeat for several)")
 	flags.BoolVar(&repair, "repair", false, "fix what can be fixed without changing the merged view")
 	flags.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
@@ -80,13 +86,14 @@ func exactArgs(n int) cobra.PositionalArgs {
 	}
 }
 
-// upperToolError gives the errors of the upper-layer tools their exit codes.
-func upperToolError(err error) error {
+// toolError gives the errors of the offline tools (diff, merge, check, convert) their exit codes: a layer that
+// cannot be used (or read: EACCES), an upper in use, a conversion that needs the lower layers.
+func toolError(err error) error {
 	var le *stack.LayerError
-	var be *check.BusyError
+	var be *inuse.BusyError
 	var ne *convert.NeedLowersError
 	switch {
-	case errors.As(err, &le):
+	case errors.As(err, &le), errors.Is(err, syscall.EACCES):
 		return withCode(exitLayer, err)
 	case errors.As(err, &be):
 		return withCode(exitBusy, err)
@@ -94,4 +101,10 @@ func upperToolError(err error) error {
 		return withCode(exitUsage, err)
 	}
 	return err
+}
+
+// addLowerFlag gives a tool the --lower flag, the same for every tool: repeated, or DIR:DIR..., topmost first
+// (see splitLowers).
+func addLowerFlag(cmd *cobra.Command, lowers *[]string) {
+	cmd.Flags().StringArrayVar(lowers, "lower", nil, "a lower layer `DIR` (topmost first; repeat, or DIR:DIR...)")
 }

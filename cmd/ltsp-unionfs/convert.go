@@ -5,8 +5,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ltsp/ltsp-unionfs/convert"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
+	"github.com/ltsp/ltsp-unionfs/tools/convert"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -46,11 +46,15 @@ aufs. The conversion is refused while a mount uses UPPER.
 			if _, err := whiteout.ByName(to); err != nil {
 				return withCode(exitUsage, err)
 			}
+			ls, err := splitLowers(lowers)
+			if err != nil {
+				return err
+			}
 			prog := progress.New(cmd.ErrOrStderr(), "upper objects converted")
-			res, err := convert.Convert(args[0], convert.Options{To: to, Lowers: lowers, Progress: prog.Add})
+			res, err := convert.Convert(args[0], convert.Options{To: to, Lowers: ls, Progress: prog.Add})
 			prog.Done()
 			if err != nil {
-				return upperToolError(err)
+				return toolError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: converted to %s: %d objects examined, %d markers written, %d removed, "+
 				"%d redirected directories materialised (%d objects copied up), %d metadata-only copies completed\n",
@@ -60,6 +64,6 @@ aufs. The conversion is refused while a mount uses UPPER.
 	}
 	flags := cmd.Flags()
 	flags.StringVar(&to, "to", "", "the `FORMAT` to write: overlay, aufs, unionfs-fuse or unionfs-fuse-1.0")
-	flags.StringArrayVar(&lowers, "lower", nil, "a lower layer `DIR`, topmost first (repeat for several)")
+	addLowerFlag(cmd, &lowers)
 	return cmd
 }

@@ -7,14 +7,12 @@ import (
 	"io"
 	"os"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/changes"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
-	"github.com/ltsp/ltsp-unionfs/stack"
+	"github.com/ltsp/ltsp-unionfs/tools/changes"
 )
 
 const diffLong = `Print what the upper layer UPPER changes in the merged view: one line per change, sorted by path.
@@ -89,7 +87,7 @@ func newDiffCommand() *cobra.Command {
 				Warn: warner(stderr, prog)})
 			prog.Done()
 			if err != nil {
-				return layerCode(err)
+				return toolError(err)
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -99,7 +97,7 @@ func newDiffCommand() *cobra.Command {
 			return printChanges(cmd.OutOrStdout(), rep.Changes)
 		},
 	}
-	cmd.Flags().StringArrayVar(&lowers, "lower", nil, "a lower layer `DIR` (topmost first; repeat, or DIR:DIR...)")
+	addLowerFlag(cmd, &lowers)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the changes as JSON (schema above)")
 	return cmd
 }
@@ -160,15 +158,6 @@ func checkLayerDir(role, path string) error {
 	}
 	unix.Close(fd)
 	return nil
-}
-
-// layerCode gives errors about layer directories exit code 3.
-func layerCode(err error) error {
-	var le *stack.LayerError
-	if errors.As(err, &le) || errors.Is(err, syscall.EACCES) {
-		return withCode(exitLayer, err)
-	}
-	return err
 }
 
 // warner returns a function that prints a warning on w, below the progress line.

@@ -11,9 +11,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/changes"
 	"github.com/ltsp/ltsp-unionfs/fstest"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+	"github.com/ltsp/ltsp-unionfs/tools/changes"
 )
 
 // The same changes are made through every union that writes upper layers (ltsp-unionfs in its three marker

@@ -8,10 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ltsp/ltsp-unionfs/changes"
-	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/progress"
-	"github.com/ltsp/ltsp-unionfs/stack"
+	"github.com/ltsp/ltsp-unionfs/tools/changes"
 )
 
 const mergeLong = `Apply the changes of the upper layer UPPER to DIR, a writable copy of the lower layers (an image under
@@ -67,13 +65,6 @@ func newMergeCommand() *cobra.Command {
 			if err := checkApart(upper, into); err != nil {
 				return err
 			}
-			by, err := inuse.Upper(upper)
-			if err != nil {
-				return layerCode(&stack.LayerError{Path: upper, Err: err})
-			}
-			if by != "" {
-				return withCode(exitBusy, fmt.Errorf("upper layer %s is in use by %s: unmount it first", upper, by))
-			}
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			prog := progress.New(stderr, "objects read and changes applied")
 			opt := changes.MergeOptions{Upper: upper, Into: into, DryRun: dryRun, Progress: prog,
@@ -87,7 +78,7 @@ func newMergeCommand() *cobra.Command {
 			st, err := changes.Merge(opt)
 			prog.Done()
 			if err != nil {
-				return layerCode(fmt.Errorf("merging %s into %s: %w", upper, into, err))
+				return toolError(fmt.Errorf("merging %s into %s: %w", upper, into, err))
 			}
 			if dryRun || verbose {
 				printMergeStats(stdout, st, dryRun)

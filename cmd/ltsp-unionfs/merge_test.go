@@ -74,7 +74,7 @@ func TestDiffMergeExitCodes(t *testing.T) {
 		t.Helper()
 		for _, args := range [][]string{{"merge", upper, "--into", into}, {"merge", upper, "--into", into, "--dry-run"}} {
 			r := runCLI(t, "", args...)
-			if r.code != exitBusy || !strings.Contains(r.stderr, "is in use by "+want) || strings.Count(r.stderr, "\n") != 1 {
+			if r.code != exitBusy || !strings.Contains(r.stderr, "is in use as the upper layer of "+want) || strings.Count(r.stderr, "\n") != 1 {
 				t.Errorf("%v: exit %d, stderr %q; want %d and %q", args, r.code, r.stderr, exitBusy, want)
 			}
 		}

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/check"
 	"github.com/ltsp/ltsp-unionfs/fstest"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
@@ -128,7 +128,7 @@ func waitUnused(t *testing.T, upper string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		who, ok := check.InUse(upper)
+		who, ok := inuse.InUse(upper)
 		if !ok {
 			return
 		}

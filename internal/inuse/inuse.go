@@ -3,7 +3,6 @@
 package inuse
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/mountinfo"
 )
 
 // Upper reports whether the directory upper is the upper layer of a live union, and describes it:
@@ -41,7 +42,7 @@ func Upper(upper string) (string, error) {
 	if err != nil {
 		canon = ""
 	}
-	if by := mountUsing("/proc/self/mountinfo", canon, same); by != "" {
+	if by := mountUsing(mountinfo.Self, canon, same); by != "" {
 		return by, nil
 	}
 	return daemonUsing(canon, &want), nil
@@ -49,37 +50,22 @@ func Upper(upper string) (string, error) {
 
 // mountUsing returns a description of the mount in the mountinfo file whose upper layer is the one at the
 // canonical path canon, for which same reports true, or "".
-func mountUsing(mountinfo, canon string, same func(string) bool) string {
-	f, err := os.Open(mountinfo)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		f1, f2 := strings.Fields(pre), strings.Fields(post)
-		if len(f1) < 5 || len(f2) < 3 {
-			continue
-		}
-		mnt, fstype, source, super := unescapeMount(f1[4]), f2[0], unescapeMount(f2[1]), f2[2]
+func mountUsing(table, canon string, same func(string) bool) string {
+	ms, _ := mountinfo.Read(table) // a table that cannot be read lists no mount
+	for _, m := range ms {
 		switch {
-		case fstype == "overlay":
+		case m.FSType == "overlay":
 			// Commas inside values are escaped in octal: every raw comma separates options.
-			for _, opt := range strings.Split(super, ",") {
+			for _, opt := range strings.Split(m.SuperOpts, ",") {
 				if v, ok := strings.CutPrefix(opt, "upperdir="); ok && same(overlayPath(v)) {
-					return fmt.Sprintf("the overlayfs mount on %s", mnt)
+					return fmt.Sprintf("the overlayfs mount on %s", m.MountPoint)
 				}
 			}
-		case fstype == "fuse" || strings.HasPrefix(fstype, "fuse."):
+		case m.FSType == "fuse" || strings.HasPrefix(m.FSType, "fuse."):
 			// Compared as strings: a stat(2) could hang on a path below a stopped FUSE daemon.
-			for _, p := range branchPaths(source) {
+			for _, p := range branchPaths(m.Source) {
 				if canon != "" && filepath.Clean(p) == canon {
-					return fmt.Sprintf("the %s mount on %s", fstype, mnt)
+					return fmt.Sprintf("the %s mount on %s", m.FSType, m.MountPoint)
 				}
 			}
 		}
@@ -88,10 +74,10 @@ func mountUsing(mountinfo, canon string, same func(string) bool) string {
 }
 
 // overlayPath decodes a path overlayfs shows in its mount options: mountinfo escapes it in octal (see
-// unescapeMount) and then the path still holds the backslashes that escaped ',' and ':' in the options it was
+// mountinfo.Unescape) and then the path still holds the backslashes that escaped ',' and ':' in the options it was
 // mounted with ("upperdir=/a\,b" shows as upperdir=/a\134\054b).
 func overlayPath(v string) string {
-	v = unescapeMount(v)
+	v = mountinfo.Unescape(v)
 	if !strings.Contains(v, `\`) {
 		return v
 	}
@@ -101,25 +87,6 @@ func overlayPath(v string) string {
 			i++
 		}
 		b.WriteByte(v[i])
-	}
-	return b.String()
-}
-
-// unescapeMount decodes the octal escapes of mountinfo fields (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
 	}
 	return b.String()
 }
@@ -219,4 +186,31 @@ func fdinfoIno(path string) uint64 {
 		}
 	}
 	return 0
+}
+
+// BusyError says that a mount uses the upper layer, so that changing it underneath would corrupt the mount's
+// view (or the change would be undone by the mount). Every offline tool refuses with it.
+type BusyError struct {
+	Upper string
+	User  string // the mount or process using it, for a person
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("%s is in use as the upper layer of %s: unmount it first", e.Upper, e.User)
+}
+
+// Refuse returns a *BusyError if a mount or FUSE daemon uses the directory upper as its upper layer (see Upper).
+// An upper that cannot be examined counts as not in use: the tool fails on it when it opens it.
+func Refuse(upper string) error {
+	if user, ok := InUse(upper); ok {
+		return &BusyError{Upper: upper, User: user}
+	}
+	return nil
+}
+
+// InUse reports whether a mount or FUSE daemon uses the directory upper as its upper layer, and describes it
+// (see Upper); an upper that cannot be examined counts as not in use.
+func InUse(upper string) (string, bool) {
+	who, err := Upper(upper)
+	return who, err == nil && who != ""
 }

@@ -16,18 +16,6 @@ import (
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		`plain`: "plain", `a\040b`: "a b", `tab\011`: "tab\t", `nl\012x`: "nl\nx", `back\134slash`: `back\slash`,
-		`\040lead`: " lead", `trail\`: `trail\`, `short\04`: `short\04`, `not\999oct`: `not\999oct`,
-		`two\040\040`: "two  ",
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestOverlayPath(t *testing.T) {
 	// As Linux 6.18 shows them: upperdir "/tmp/u p\,1" (mounted with the comma escaped) is /tmp/u p,1.
 	for in, want := range map[string]string{

@@ -4,7 +4,6 @@
 package testutil
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/mountinfo"
 )
 
 // Unavailable skips the test because the machine lacks what it needs (why says what, and how to get it), or
@@ -58,59 +59,10 @@ func RequireTool(t testing.TB, name, pkg string) {
 }
 
 // MountInfo is one line of /proc/self/mountinfo.
-type MountInfo struct {
-	MountPoint string
-	FSType     string
-	Source     string
-	Options    string // per-mount options, e.g. rw,nosuid,nodev,relatime
-	SuperOpts  string // per-superblock options
-}
+type MountInfo = mountinfo.Mount
 
 // Mounts returns the mounts of this process's mount namespace.
-func Mounts() ([]MountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var ms []MountInfo
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		f1, f2 := strings.Fields(pre), strings.Fields(post)
-		if len(f1) < 6 || len(f2) < 3 {
-			continue
-		}
-		ms = append(ms, MountInfo{MountPoint: unescape(f1[4]), Options: f1[5], FSType: f2[0], Source: unescape(f2[1]),
-			SuperOpts: f2[2]})
-	}
-	return ms, sc.Err()
-}
-
-// unescape decodes the octal escapes (\040 for a space) of mountinfo fields.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+func Mounts() ([]MountInfo, error) { return mountinfo.Read(mountinfo.Self) }
 
 // MountAt returns the topmost mount at path, if any.
 func MountAt(path string) (MountInfo, bool) {

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
@@ -257,22 +258,22 @@ func TestInUse(t *testing.T) {
 	must(t, os.Mkdir(work, 0755))
 	must(t, os.Mkdir(mnt, 0755))
 	testutil.MountOverlay(t, []string{lower}, upper, work, mnt)
-	if who, ok := InUse(upper); !ok || !strings.Contains(who, mnt) {
+	if who, ok := inuse.InUse(upper); !ok || !strings.Contains(who, mnt) {
 		t.Errorf("InUse = %q, %v; want the overlay mount on %s", who, ok, mnt)
 	}
 	_, err := Check(upper, Options{Repair: true})
-	var be *BusyError
+	var be *inuse.BusyError
 	if !errors.As(err, &be) {
 		t.Errorf("check --repair of a mounted upper: %v, want a BusyError", err)
 	}
 	if _, err := Check(upper, Options{}); err != nil {
 		t.Errorf("a check without repair of a mounted upper: %v", err)
 	}
-	if _, ok := InUse(lower); ok {
+	if _, ok := inuse.InUse(lower); ok {
 		t.Errorf("a lower layer is reported as an upper in use")
 	}
 	testutil.Unmount(t, mnt)
-	if who, ok := InUse(upper); ok {
+	if who, ok := inuse.InUse(upper); ok {
 		t.Errorf("after the unmount: in use by %s", who)
 	}
 	_, err = Check(filepath.Join(d, "missing"), Options{})

@@ -9,8 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/check"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+	"github.com/ltsp/ltsp-unionfs/tools/check"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -110,7 +111,7 @@ func TestConvertRefusesMountedUpper(t *testing.T) {
 	must(t, os.Mkdir(mnt, 0755))
 	testutil.MountOverlay(t, []string{lower}, upper, work, mnt, "redirect_dir=on", "metacopy=on")
 	_, err := Convert(upper, Options{To: "overlay"})
-	var be *check.BusyError
+	var be *inuse.BusyError
 	if !errors.As(err, &be) {
 		t.Errorf("converting a mounted upper: %v, want a BusyError", err)
 	}

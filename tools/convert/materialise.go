@@ -7,9 +7,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/check"
 	"github.com/ltsp/ltsp-unionfs/cow"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
+	"github.com/ltsp/ltsp-unionfs/tools/check"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 

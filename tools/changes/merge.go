@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ltsp/ltsp-unionfs/cow"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
@@ -58,9 +59,12 @@ type MergeStats struct {
 //
 // Changes are applied in path order, after moving renamed sources aside (under temporary marker names in the
 // root of opt.Into), so that no later step reads what an earlier one removed. Each object is replaced by one
-// rename or link, but the merge as a whole is not atomic: after a failure opt.Into is partly merged. The caller
-// must make sure no union has opt.Upper mounted (see package internal/inuse).
+// rename or link, but the merge as a whole is not atomic: after a failure opt.Into is partly merged. An upper layer
+// a union uses is refused with an *inuse.BusyError before anything is read.
 func Merge(opt MergeOptions) (*MergeStats, error) {
+	if err := inuse.Refuse(opt.Upper); err != nil {
+		return nil, err
+	}
 	rep, err := Diff(Options{Upper: opt.Upper, Lowers: []string{opt.Into}, Unchanged: true,
 		Progress: opt.Progress, Warn: opt.Warn})
 	if err != nil {

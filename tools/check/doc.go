@@ -24,7 +24,7 @@
 //   - overlay opaque xattrs on non-directories: removed.
 //
 // A repair never changes what the union shows, and keeps the times of the directories it changes. It is refused
-// (*BusyError) while a mount uses the upper layer (InUse), since changing a mounted upper underneath its union is
+// (*inuse.BusyError) while a mount uses the upper layer (inuse.InUse), since changing a mounted upper underneath its union is
 // undefined. A missing or unreadable layer is a *LayerError.
 //
 // The lower-layer view (Lowers, Stack) and InUse are shared with package convert.

@@ -8,9 +8,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ltsp/ltsp-unionfs/check"
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/stack"
+	"github.com/ltsp/ltsp-unionfs/tools/check"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -48,7 +49,7 @@ func (e *NeedLowersError) Error() string {
 
 // Convert rewrites the markers of the upper layer at upper in the format opt.To (see the package
 // documentation). A missing or unreadable layer is a *check.LayerError, an upper a mount uses a
-// *check.BusyError, an upper that needs lowers that were not given a *NeedLowersError.
+// *inuse.BusyError, an upper that needs lowers that were not given a *NeedLowersError.
 func Convert(upper string, opt Options) (*Result, error) {
 	f, err := whiteout.ByName(opt.To)
 	if err != nil {
@@ -65,7 +66,7 @@ func Convert(upper string, opt Options) (*Result, error) {
 		unix.Close(meta)
 	}
 	aufs = aufs || f.Name() == whiteout.Aufs{}.Name()
-	if err := check.RefuseInUse(upper); err != nil {
+	if err := inuse.Refuse(upper); err != nil {
 		return nil, err
 	}
 	c := &converter{opt: opt, to: f, root: rootfd, aufs: aufs, res: &Result{}, meta: f.MarkerTree()}

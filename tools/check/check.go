@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/stack"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
@@ -18,14 +19,14 @@ type Options struct {
 	// (whiteouts hiding nothing, metadata-only copies without data, redirects leading nowhere) are skipped.
 	Lowers []string
 	// Repair fixes what can be fixed without changing the merged view (see the package documentation). It is
-	// refused with a *BusyError while a mount uses the upper layer.
+	// refused with an *inuse.BusyError while a mount uses the upper layer.
 	Repair bool
 	// Progress, if set, is called with the number of upper objects examined since its last call.
 	Progress func(n int)
 }
 
 // Check checks the upper layer at upper (see the package documentation). A missing or unreadable layer is a
-// *LayerError; an upper in use while Repair is asked for is a *BusyError. The report lists every problem.
+// *LayerError; an upper in use while Repair is asked for is an *inuse.BusyError. The report lists every problem.
 func Check(upper string, opt Options) (*Report, error) {
 	rootfd, err := stack.OpenLayerDir(upper)
 	if err != nil {
@@ -37,7 +38,7 @@ func Check(upper string, opt Options) (*Report, error) {
 		unix.Close(meta)
 	}
 	if opt.Repair {
-		if err := RefuseInUse(upper); err != nil {
+		if err := inuse.Refuse(upper); err != nil {
 			return nil, err
 		}
 	}

@@ -4,7 +4,7 @@
 //
 // # Contract
 //
-// Convert refuses (check.BusyError) an upper layer that a mount uses (check.InUse). Otherwise it walks the upper
+// Convert refuses (inuse.BusyError) an upper layer that a mount uses (inuse.InUse). Otherwise it walks the upper
 // layer and its unionfs-fuse meta trees and, object by object:
 //
 //   - for a whiteout of a name the upper layer does not have, writes the target's whiteout (with the
