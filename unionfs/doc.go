@@ -18,15 +18,14 @@
 // (with redirects and metadata-only copies) are package stack's, which the offline tools read layers with too;
 // this package adds its descriptors, counters and inode numbers (resolve, listView).
 //
-// # Inode numbers
+// # Identity and inode numbers
 //
-// st_ino is the layer's inode number with a per-device tag in the high bits (see ino.go), unique across layers and
-// stable while mounted. A directory that exists in a lower layer takes its number from the topmost lower layer
-// that has it, so it keeps its number when the upper layer gains a copy of it; otherwise the number of the
-// topmost object is used. readdir reports the same numbers as stat. Like overlayfs, a merged directory reports
-// st_nlink 1.
+// Which layer object names a union object, its inode number (the layer's number with a device tag in the high
+// bits, like overlayfs's xino), its generation and the stale protocol by which a node gives its name up to a new
+// one are described in one place, at the top of identity.go. readdir reports the same numbers as stat. Like
+// overlayfs, a merged directory reports st_nlink 1.
 //
-// # Identity: nodes, names and open modes
+// # Nodes, names and open modes
 //
 // A directory node holds descriptors of its layer directories, so it is found wherever it moves. A non-directory
 // node is reached by its parent's layer directory and its name, with two exceptions that keep a descriptor of the

@@ -2,10 +2,7 @@ package unionfs
 
 import (
 	"context"
-	"hash/fnv"
 	"runtime"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -112,67 +109,6 @@ func (r *Root) metacopyXattr() string { return r.priv + "metacopy" }
 // redirectXattr names the redirect mark of a metadata-only copy whose data is under another name (see
 // followDataRedirect), in the union's private namespace.
 func (r *Root) redirectXattr() string { return r.priv + "redirect" }
-
-// formatOrigin encodes the identity of a lower object as the origin mark of its copy: the lower layer's index
-// and the inode number, which stay the same across mounts of the same layers.
-func (r *Root) formatOrigin(l *Layer, ino uint64) []byte {
-	return []byte(strconv.Itoa(l.Index) + ":" + strconv.FormatUint(ino, 10))
-}
-
-// parseOrigin decodes an origin mark; nil if it is malformed or names no lower layer of this union.
-func (r *Root) parseOrigin(v string) *devIno {
-	idx, ino, ok := strings.Cut(v, ":")
-	if !ok {
-		return nil
-	}
-	i, err1 := strconv.Atoi(idx)
-	n, err2 := strconv.ParseUint(ino, 10, 64)
-	if err1 != nil || err2 != nil || i < 1 || i >= len(r.layers.all) {
-		return nil
-	}
-	return &devIno{r.layers.all[i].dev, n}
-}
-
-// identity returns the object whose (device, inode) pair names the union object res found: for a directory that
-// a lower layer has, the topmost lower directory, so that the number survives a copy of the directory into the
-// upper layer; for a copied-up non-directory, its lower original; otherwise the topmost object.
-func (res *resolution) identity() devIno {
-	top := &res.Found[0]
-	if res.origin != nil {
-		return *res.origin
-	}
-	if top.IsDir() {
-		for _, p := range res.Found {
-			if p.Layer != 0 {
-				return devIno{p.Stat.Dev, p.Stat.Ino}
-			}
-		}
-	}
-	return devIno{top.Stat.Dev, top.Stat.Ino}
-}
-
-// stackIdentity is identity for an open directory stack.
-func stackIdentity(dirs []layerDir) devIno {
-	for _, d := range dirs {
-		if !d.layer.IsUpper() {
-			return devIno{d.dev, d.ino}
-		}
-	}
-	return devIno{dirs[0].dev, dirs[0].ino}
-}
-
-// generation returns the go-fuse generation for a name. Objects are identified by (inode number, generation),
-// and hard links share a node; but a lower file's hard links split when one of them is copied up (as in
-// overlayfs without index), so each name of a multiply linked lower file gets a node of its own, told apart by
-// a generation derived from its name.
-func generation(parent *Node, name string, top *stack.Object) uint64 {
-	if top.Layer == 0 || top.Stat.Nlink <= 1 || top.IsDir() {
-		return 1
-	}
-	h := fnv.New64a()
-	h.Write([]byte(strconv.FormatUint(parent.StableAttr().Ino, 16) + "/" + name))
-	return 2 + h.Sum64()%(1<<62)
-}
 
 // isHidden reports whether name in directory n is a marker or meta name that the merged view never shows.
 func (n *Node) isHidden(name string) bool {
@@ -310,86 +246,6 @@ func closeDirs(dirs []layerDir) {
 			unix.Close(d.fd)
 		}
 	}
-}
-
-// afterStale returns gen, or a generation after those of the stale nodes of inode number ino still registered.
-func (r *Root) afterStale(ino, gen uint64) uint64 {
-	r.staleMu.Lock()
-	defer r.staleMu.Unlock()
-	if g, ok := r.staleGens[ino]; ok && g >= gen {
-		return g + 1
-	}
-	return gen
-}
-
-// markStale records that n gives its name up to a new node: lookups of its object make nodes of a later
-// generation while n lives. It reports whether n was not stale before.
-func (n *Node) markStale() bool {
-	if !n.stale.CompareAndSwap(false, true) {
-		return false
-	}
-	id := n.StableAttr()
-	r := n.root
-	r.staleMu.Lock()
-	defer r.staleMu.Unlock()
-	if r.staleGens == nil {
-		r.staleGens = make(map[uint64]uint64)
-	}
-	if g := r.staleGens[id.Ino]; g < id.Gen {
-		r.staleGens[id.Ino] = id.Gen
-	}
-	return true
-}
-
-// forgetStale drops the record of a stale node the kernel has forgotten.
-func (n *Node) forgetStale() {
-	id := n.StableAttr()
-	r := n.root
-	r.staleMu.Lock()
-	defer r.staleMu.Unlock()
-	if r.staleGens[id.Ino] == id.Gen {
-		delete(r.staleGens, id.Ino)
-	}
-}
-
-// staleDir handles an errno from an operation on directory n's layer descriptors: ESTALE means one of them no
-// longer reaches its directory (an NFS server replaced it), for good. n is marked stale and the kernel told to
-// forget its name, so that the next lookup of the name (the kernel retries a lookup that failed with ESTALE
-// once, by name) makes a new node with fresh descriptors. It returns errno.
-func (n *Node) staleDir(errno syscall.Errno) syscall.Errno {
-	if errno != syscall.ESTALE || n.IsRoot() {
-		return errno
-	}
-	if p, name := n.parentNode(); n.markStale() && p != nil {
-		// Not from within the request: the kernel may hold locks the notification needs.
-		go p.NotifyEntry(name)
-	}
-	return errno
-}
-
-// parentStale is staleDir for the parent of the non-directory n, through whose layer descriptor n is reached.
-func (n *Node) parentStale(errno syscall.Errno) syscall.Errno {
-	if errno == syscall.ESTALE {
-		if p, _ := n.parentNode(); p != nil {
-			p.staleDir(errno)
-		}
-	}
-	return errno
-}
-
-// isStale reports whether n gave its name up to a new node (see Open).
-func (n *Node) isStale() bool {
-	return n.stale.Load()
-}
-
-// live reports whether n can still serve requests: a forgotten directory has closed its descriptors.
-func (n *Node) live() bool {
-	if n.owned == nil {
-		return true
-	}
-	n.owned.mu.Lock()
-	defer n.owned.mu.Unlock()
-	return !n.owned.closed
 }
 
 // lowerPath returns the absolute path at which directory n's content is found in the lower layers: its own
