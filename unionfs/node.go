@@ -105,34 +105,61 @@ func (s *fdSet) close() {
 	s.fds = nil
 }
 
-// Node is a file or directory of the merged view. Its locks are taken in the order doc.go's "Locking" gives:
-// openMu, then copyMu, then mu, with the rules between nodes stated there.
+// Node is a file or directory of the merged view. Its state is split by kind: what every node has (here), a
+// directory's layer stack (dirState), a non-directory's object (fileState) and the bookkeeping of its opens
+// (openState); the embedded structs' fields are used as the node's own. Its locks are taken in the order doc.go's
+// "Locking" gives: openMu, then copyMu, then mu, with the rules between nodes stated there. Its identity (number,
+// generation, staleness) is described in identity.go.
 type Node struct {
 	fs.Inode
 
 	root *Root // immutable
 
-	openMu      sync.Mutex  // serialises opens and releases with the passthrough bookkeeping and the copy-ups opens make
-	stale       atomic.Bool // live passthrough opens pin an object the name no longer shows, or a layer directory went stale: refuse opens and lookups; set once (markStale), never cleared; atomic: lookups must not wait for openMu, which an open holds across its copy-up
-	ptOpens     int         // live passthrough opens; protected by openMu
-	cachedOpens int         // live opens through the page cache; protected by openMu
-	ptObj       devIno      // the object live passthrough opens of n use (set by the first, cleared with the last); protected by openMu
-	pagesStale  bool        // a passthrough writer may have left the kernel's cached pages stale; protected by openMu
+	// stale says that the node gave its name up to a new node (see identity.go): it refuses opens and lookups.
+	// Set once (markStale), never cleared; atomic, since lookups must not wait for openMu, which an open holds
+	// across its copy-up.
+	stale atomic.Bool
+
+	openState
 
 	copyMu sync.Mutex // serialises copy-ups of this node
 
-	mu       sync.RWMutex
-	dirs     []layerDir     // directories: the layer stack, topmost first; nil once forgotten; protected by mu
-	metas    []metaDir      // directories: unionfs-fuse marker directories, topmost first; protected by mu
-	redirect string         // directories: absolute lower path they were renamed from, or ""; protected by mu
-	layer    *Layer         // non-directories: the layer holding the object; protected by mu
-	obj      devIno         // non-directories: the object's identity in layer; protected by mu
-	data     *Layer         // metadata-only copies: the lower layer holding the data; protected by mu
-	dataObj  devIno         // metadata-only copies: the data object's identity; protected by mu
-	dataAt   *dataLoc       // metadata-only copies whose data is not at their own name (redirect); immutable
-	anon     int            // an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind (see keepByDescriptor): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed after OnForget; -1 if none; protected by mu
-	handles  map[*file]bool // open files, re-pointed when the object is copied up; protected by mu
-	owned    *fdSet         // descriptors of dirs (and anon); immutable pointer
+	mu sync.RWMutex // protects dirState and fileState
+	dirState
+	fileState
+
+	owned *fdSet // descriptors of dirs (and anon); immutable pointer
+}
+
+// openState is the bookkeeping of a node's live opens, which keeps one I/O mode per inode for the kernel (see
+// registerLocked). All of it is protected by openMu.
+type openState struct {
+	openMu      sync.Mutex // serialises opens and releases with the passthrough bookkeeping and the copy-ups opens make
+	ptOpens     int        // live passthrough opens
+	cachedOpens int        // live opens through the page cache
+	ptObj       devIno     // the object live passthrough opens use (set by the first, cleared with the last)
+	pagesStale  bool       // a passthrough writer may have left the kernel's cached pages stale
+}
+
+// dirState is a directory node's place in the layers. Protected by Node.mu.
+type dirState struct {
+	dirs     []layerDir // the layer stack, topmost first; nil once forgotten
+	metas    []metaDir  // unionfs-fuse marker directories, topmost first
+	redirect string     // the absolute lower path the directory was renamed from, or ""
+}
+
+// fileState is a non-directory node's object. Protected by Node.mu, but for dataAt, which is immutable.
+type fileState struct {
+	layer   *Layer   // the layer holding the object
+	obj     devIno   // the object's identity in layer
+	data    *Layer   // metadata-only copies: the lower layer holding the data
+	dataObj devIno   // metadata-only copies: the data object's identity
+	dataAt  *dataLoc // metadata-only copies whose data is not at their own name (redirect); immutable
+	// anon is an O_PATH-like descriptor of the upper object when it may have no name or its name may lag behind
+	// (see keepByDescriptor): made with O_TMPFILE, unlinked or renamed while the kernel knew the node; closed
+	// after OnForget; -1 if none.
+	anon    int
+	handles map[*file]bool // open files, re-pointed when the object is copied up
 }
 
 var (
@@ -164,7 +191,8 @@ var (
 // newDirNode makes a node for a directory with the given layer stack and marker directories, whose descriptors
 // it takes over.
 func (r *Root) newDirNode(dirs []layerDir, metas []metaDir, redirect string) *Node {
-	n := &Node{root: r, dirs: dirs, metas: metas, redirect: redirect, anon: -1, owned: &fdSet{}}
+	n := &Node{root: r, dirState: dirState{dirs: dirs, metas: metas, redirect: redirect}, fileState: fileState{anon: -1},
+		owned: &fdSet{}}
 	for _, d := range dirs {
 		if d.fd >= 0 {
 			n.owned.fds = append(n.owned.fds, d.fd)
@@ -180,7 +208,7 @@ func (r *Root) newDirNode(dirs []layerDir, metas []metaDir, redirect string) *No
 
 // newFileNode makes a node for the non-directory st living in layer l.
 func (r *Root) newFileNode(l *Layer, st *unix.Stat_t) *Node {
-	return &Node{root: r, layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}
+	return &Node{root: r, fileState: fileState{layer: l, obj: devIno{st.Dev, st.Ino}, anon: -1}}
 }
 
 // unionNode gives access to the Node embedded in a Root or used directly.

@@ -253,7 +253,7 @@ func TestRegisterPublishesModeFirst(t *testing.T) {
 	r.root = r
 	r.passthrough.Store(true)
 	up := &Layer{Index: 0}
-	n := &Node{root: r, layer: up, anon: -1}
+	n := &Node{root: r, fileState: fileState{layer: up, anon: -1}}
 	var wg sync.WaitGroup
 	for i := 0; i < 200; i++ {
 		f := &file{node: n, fd: -1}
