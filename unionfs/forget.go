@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 )
 
 // forgetGrace is how long a forgotten node keeps its descriptors (see OnForget).
@@ -24,7 +26,26 @@ func (n *Node) OnForget() {
 	if n.isStale() {
 		n.forgetStale()
 	}
+	n.closeNameless()
 	n.root.forgotten.add(n)
+}
+
+// closeNameless closes at once the descriptor of a forgotten node's upper object if the object has no name left
+// (unlinked, or an O_TMPFILE file never linked): no lookup can register the node again, which is all the grace
+// period guards against, and holding one descriptor per removed file for the grace period would let an rm -rf of
+// a large tree run the daemon out of descriptors (EMFILE for every program). A process that still uses the file
+// (an open or O_PATH descriptor, a mapping) keeps the kernel from forgetting the node.
+func (n *Node) closeNameless() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.anon < 0 {
+		return
+	}
+	var st unix.Stat_t
+	if sysx.Fstat(n.anon, &st) == nil && st.Nlink == 0 {
+		unix.Close(n.anon)
+		n.anon = -1
+	}
 }
 
 // closeIfForgotten closes n's descriptors unless the kernel knows n again. A node a lookup registered again is in
