@@ -15,25 +15,35 @@ type Layer struct {
 	Aufs bool
 }
 
-// Declarations reads which marker formats the layer root rootfd declares: aufs if it holds an aufs marker (aufs
-// keeps ".wh..wh.aufs", ".wh..wh.plnk" and ".wh..wh.orph" at the root of every writable branch; the union's
-// temporary objects do not count), and the unionfs-fuse meta directory if it has one (2.0's name first, then
-// 1.0's): its name and an O_PATH descriptor the caller closes, or "" and -1.
+// Declarations reads which marker formats the layer root rootfd declares: aufs (see DeclaresAufs), and the
+// unionfs-fuse meta directory if it has one (2.0's name first, then 1.0's): its name and an O_PATH descriptor the
+// caller closes, or "" and -1.
 func Declarations(rootfd int) (aufs bool, metaName string, meta int) {
-	if fd, err := openList(rootfd); err == nil {
-		sysx.Getdents(fd, func(name string, _ uint64, _ uint8) {
-			if whiteout.IsMarkerName(name) && !whiteout.IsTempName(name) {
-				aufs = true
-			}
-		})
-		unix.Close(fd)
-	}
+	aufs = DeclaresAufs(rootfd)
 	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
 		if fd, err := sysx.OpenDir(rootfd, name); err == nil {
 			return aufs, name, fd
 		}
 	}
 	return aufs, "", -1
+}
+
+// DeclaresAufs reports whether the layer root rootfd holds an aufs marker, which makes ".wh.NAME" entries of the
+// layer whiteouts (aufs keeps ".wh..wh.aufs", ".wh..wh.plnk" and ".wh..wh.orph" at the root of every writable
+// branch; the union's temporary objects do not count).
+func DeclaresAufs(rootfd int) bool {
+	fd, err := openList(rootfd)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	aufs := false
+	sysx.Getdents(fd, func(name string, _ uint64, _ uint8) {
+		if whiteout.IsMarkerName(name) && !whiteout.IsTempName(name) {
+			aufs = true
+		}
+	})
+	return aufs
 }
 
 // openList opens the directory dirfd for reading its entries, without updating its access time where the caller

@@ -24,10 +24,10 @@ func tree(t *testing.T, dir string, specs ...string) {
 		case "d":
 			err = os.MkdirAll(p, 0755)
 		case "f":
-			os.MkdirAll(filepath.Dir(p), 0755)
+			testutil.Mkdirs(t, filepath.Dir(p))
 			err = os.WriteFile(p, []byte(f[2]), 0644)
 		case "w":
-			os.MkdirAll(filepath.Dir(p), 0755)
+			testutil.Mkdirs(t, filepath.Dir(p))
 			err = unix.Mknod(p, unix.S_IFCHR, 0)
 		case "x":
 			k, v, _ := strings.Cut(f[2], "=")

@@ -26,23 +26,19 @@ type Options struct {
 }
 
 // Check checks the upper layer at upper (see the package documentation). A missing or unreadable layer is a
-// *LayerError; an upper in use while Repair is asked for is an *inuse.BusyError. The report lists every problem.
+// *stack.LayerError; an upper in use while Repair is asked for is an *inuse.BusyError. The report lists every problem.
 func Check(upper string, opt Options) (*Report, error) {
 	rootfd, err := stack.OpenLayerDir(upper)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(rootfd)
-	aufs, _, meta := stack.Declarations(rootfd)
-	if meta >= 0 {
-		unix.Close(meta)
-	}
 	if opt.Repair {
 		if err := inuse.Refuse(upper); err != nil {
 			return nil, err
 		}
 	}
-	c := &checker{opt: opt, root: rootfd, aufs: aufs, formats: map[string]bool{},
+	c := &checker{opt: opt, root: rootfd, aufs: stack.DeclaresAufs(rootfd), formats: map[string]bool{},
 		rep: &Report{Upper: upper, Lowers: opt.Lowers, Problems: []Problem{}, Formats: []string{}}}
 	var below *Stack
 	if len(opt.Lowers) > 0 {

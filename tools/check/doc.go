@@ -25,7 +25,7 @@
 //
 // A repair never changes what the union shows, and keeps the times of the directories it changes. It is refused
 // (*inuse.BusyError) while a mount uses the upper layer (inuse.InUse), since changing a mounted upper underneath its union is
-// undefined. A missing or unreadable layer is a *LayerError.
+// undefined. A missing or unreadable layer is a *stack.LayerError.
 //
 // The lower-layer view (Lowers, Stack) and InUse are shared with package convert.
 package check

@@ -48,7 +48,7 @@ func (e *NeedLowersError) Error() string {
 }
 
 // Convert rewrites the markers of the upper layer at upper in the format opt.To (see the package
-// documentation). A missing or unreadable layer is a *check.LayerError, an upper a mount uses a
+// documentation). A missing or unreadable layer is a *stack.LayerError, an upper a mount uses a
 // *inuse.BusyError, an upper that needs lowers that were not given a *NeedLowersError.
 func Convert(upper string, opt Options) (*Result, error) {
 	f, err := whiteout.ByName(opt.To)
@@ -61,11 +61,7 @@ func Convert(upper string, opt Options) (*Result, error) {
 	}
 	defer unix.Close(rootfd)
 	// aufs markers count where the upper declares aufs, before the conversion or, for an aufs target, after it.
-	aufs, _, meta := stack.Declarations(rootfd)
-	if meta >= 0 {
-		unix.Close(meta)
-	}
-	aufs = aufs || f.Name() == whiteout.Aufs{}.Name()
+	aufs := stack.DeclaresAufs(rootfd) || f.Name() == whiteout.Aufs{}.Name()
 	if err := inuse.Refuse(upper); err != nil {
 		return nil, err
 	}
