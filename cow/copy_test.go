@@ -95,9 +95,9 @@ func TestBuildCopiesEverything(t *testing.T) {
 // TestBuildCopiesTimes checks that atime and mtime are copied to the nanosecond, for every type.
 func TestBuildCopiesTimes(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
-	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0644)
-	os.Mkdir(filepath.Join(src, "d"), 0755)
-	os.Symlink("f", filepath.Join(src, "l"))
+	testutil.WriteFile(t, filepath.Join(src, "f"), []byte("x"), 0644)
+	testutil.Mkdirs(t, filepath.Join(src, "d"))
+	testutil.Symlink(t, "f", filepath.Join(src, "l"))
 	unix.Mkfifo(filepath.Join(src, "p"), 0644)
 	ts := []unix.Timespec{{Sec: 1000000001, Nsec: 11}, {Sec: 2000000002, Nsec: 22}}
 	for _, n := range []string{"f", "d", "l", "p"} {
@@ -143,7 +143,7 @@ func TestBuildKeepsHoles(t *testing.T) {
 func TestBuildMetadataOnly(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
 	content := bytes.Repeat([]byte("data"), 1<<18)
-	os.WriteFile(filepath.Join(src, "f"), content, 0640)
+	testutil.WriteFile(t, filepath.Join(src, "f"), content, 0640)
 	unix.Lsetxattr(filepath.Join(src, "f"), "user.k", []byte("v"), 0)
 	copyAll(t, src, dst, Options{MetadataOnly: true, Extra: map[string][]byte{"user.marker": nil}})
 	var st unix.Stat_t
@@ -175,11 +175,11 @@ func TestBuildMetadataOnly(t *testing.T) {
 // TestBuildRefusesStaleSource fails with ESTALE when the name no longer holds the object that was looked up.
 func TestBuildRefusesStaleSource(t *testing.T) {
 	src, dst := t.TempDir(), t.TempDir()
-	os.WriteFile(filepath.Join(src, "f"), []byte("one"), 0644)
+	testutil.WriteFile(t, filepath.Join(src, "f"), []byte("one"), 0644)
 	var st unix.Stat_t
 	unix.Stat(filepath.Join(src, "f"), &st)
 	os.Rename(filepath.Join(src, "f"), filepath.Join(src, "old")) // keeps the inode, so "f" gets a new one
-	os.WriteFile(filepath.Join(src, "f"), []byte("two"), 0644)
+	testutil.WriteFile(t, filepath.Join(src, "f"), []byte("two"), 0644)
 	sfd, _ := unix.Open(src, unix.O_PATH|unix.O_DIRECTORY, 0)
 	dfd, _ := unix.Open(dst, unix.O_PATH|unix.O_DIRECTORY, 0)
 	defer unix.Close(sfd)
@@ -198,7 +198,7 @@ func TestBuildENOSPC(t *testing.T) {
 	testutil.RequireRoot(t)
 	src, dst := t.TempDir(), t.TempDir()
 	testutil.MountTmpfs(t, dst, "1m")
-	os.WriteFile(filepath.Join(src, "big"), bytes.Repeat([]byte("x"), 2<<20), 0644)
+	testutil.WriteFile(t, filepath.Join(src, "big"), bytes.Repeat([]byte("x"), 2<<20), 0644)
 	var before, after unix.Statfs_t
 	unix.Statfs(dst, &before)
 	sfd, _ := unix.Open(src, unix.O_PATH|unix.O_DIRECTORY, 0)
@@ -263,7 +263,7 @@ func TestBuildAcrossFilesystems(t *testing.T) {
 // end of the source.
 func TestPreadPwrite(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "in"), []byte("0123456789"), 0644)
+	testutil.WriteFile(t, filepath.Join(dir, "in"), []byte("0123456789"), 0644)
 	in, _ := unix.Open(filepath.Join(dir, "in"), unix.O_RDONLY, 0)
 	defer unix.Close(in)
 	out, _ := unix.Open(filepath.Join(dir, "out"), unix.O_RDWR|unix.O_CREAT, 0644)

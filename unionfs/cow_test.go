@@ -100,7 +100,7 @@ func TestReaderAcrossCopyUp(t *testing.T) {
 			if passthrough {
 				u.cfg.PassthroughMinSize = 0
 			}
-			os.WriteFile(filepath.Join(u.Lower(0), "f"), []byte("lower!"), 0644)
+			testutil.WriteFile(t, filepath.Join(u.Lower(0), "f"), []byte("lower!"), 0644)
 			mnt := u.Mount(t)
 			if u.cfg.Passthrough {
 				u.requirePassthrough(t)
@@ -147,8 +147,8 @@ func TestCopyUpENOSPC(t *testing.T) {
 	u := newTestUnion(t, 1)
 	testutil.MountTmpfs(t, u.Upper(), "2m")
 	data := bytes.Repeat([]byte("z"), 4<<20)
-	os.WriteFile(filepath.Join(u.Lower(0), "big"), data, 0644)
-	os.MkdirAll(filepath.Join(u.Lower(0), "dir"), 0755)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "big"), data, 0644)
+	testutil.Mkdirs(t, filepath.Join(u.Lower(0), "dir"))
 	mnt := u.Mount(t)
 	var before, after unix.Statfs_t
 	unix.Statfs(u.Upper(), &before)
@@ -223,16 +223,16 @@ func TestOwnershipAndPermissions(t *testing.T) {
 	os.Chmod(u.dir, 0755)
 	os.Chmod(filepath.Dir(u.dir), 0755) // t.TempDir's parent is private too
 	l := u.Lower(0)
-	os.MkdirAll(filepath.Join(l, "shared"), 0755)
+	testutil.Mkdirs(t, filepath.Join(l, "shared"))
 	os.Chown(filepath.Join(l, "shared"), 0, 2000)
 	unix.Chmod(filepath.Join(l, "shared"), 02775)
-	os.MkdirAll(filepath.Join(l, "tmp"), 0755)
+	testutil.Mkdirs(t, filepath.Join(l, "tmp"))
 	unix.Chmod(filepath.Join(l, "tmp"), 01777)
-	os.WriteFile(filepath.Join(l, "tmp", "roots"), []byte("r"), 0666)
-	os.WriteFile(filepath.Join(l, "secret"), []byte("no"), 0600)
-	os.WriteFile(filepath.Join(l, "setuid"), []byte("#!/bin/sh\n"), 0777)
+	testutil.WriteFile(t, filepath.Join(l, "tmp", "roots"), []byte("r"), 0666)
+	testutil.WriteFile(t, filepath.Join(l, "secret"), []byte("no"), 0600)
+	testutil.WriteFile(t, filepath.Join(l, "setuid"), []byte("#!/bin/sh\n"), 0777)
 	unix.Chmod(filepath.Join(l, "setuid"), 04777)
-	os.WriteFile(filepath.Join(l, "others"), []byte("x"), 0644)
+	testutil.WriteFile(t, filepath.Join(l, "others"), []byte("x"), 0644)
 	mnt := u.Mount(t)
 
 	run := func(uid int, groups, script string) error {

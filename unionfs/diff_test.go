@@ -39,8 +39,8 @@ func kernelReadsUpper(t *testing.T) func(ref, sut fstest.Union) string {
 	return func(ref, sut fstest.Union) string {
 		dir := t.TempDir()
 		work, view := filepath.Join(dir, "work"), filepath.Join(dir, "view")
-		os.Mkdir(work, 0755)
-		os.Mkdir(view, 0755)
+		testutil.Mkdirs(t, work)
+		testutil.Mkdirs(t, view)
 		testutil.MountOverlay(t, []string{sut.Lower(0), sut.Lower(1)}, sut.Upper(), work, view,
 			"redirect_dir=on", "metacopy=on")
 		defer testutil.Unmount(t, view)

@@ -124,9 +124,9 @@ func TestListingsAbandonedHalfWay(t *testing.T) {
 // and lists again: the kernel must not answer from the stale listing.
 func TestListingSeesChanges(t *testing.T) {
 	u := newTestUnion(t, 1)
-	os.WriteFile(filepath.Join(u.Lower(0), "lower-a"), nil, 0644)
-	os.WriteFile(filepath.Join(u.Lower(0), "lower-b"), nil, 0644)
-	os.Mkdir(filepath.Join(u.Lower(0), "lower-dir"), 0755)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "lower-a"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "lower-b"), nil, 0644)
+	testutil.Mkdirs(t, filepath.Join(u.Lower(0), "lower-dir"))
 	mnt := u.Mount(t)
 	check := func(step string, want ...string) {
 		t.Helper()
@@ -160,7 +160,7 @@ func TestListingSeesChanges(t *testing.T) {
 
 func TestFsyncDirectory(t *testing.T) {
 	u := newTestUnion(t, 1)
-	os.Mkdir(filepath.Join(u.Lower(0), "d"), 0755)
+	testutil.Mkdirs(t, filepath.Join(u.Lower(0), "d"))
 	mnt := u.Mount(t)
 	for _, d := range []string{mnt, filepath.Join(mnt, "d")} {
 		f, err := os.Open(d)

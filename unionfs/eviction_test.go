@@ -25,7 +25,7 @@ func TestListingsAcrossForget(t *testing.T) {
 	for d := 0; d < dirs; d++ {
 		for i := 0; i < names; i++ {
 			p := filepath.Join(u.Lower(0), fmt.Sprintf("d%03d", d), fmt.Sprintf("a-rather-long-name-%04d", i))
-			os.MkdirAll(filepath.Dir(p), 0755)
+			testutil.Mkdirs(t, filepath.Dir(p))
 			if err := os.WriteFile(p, nil, 0644); err != nil {
 				t.Fatal(err)
 			}

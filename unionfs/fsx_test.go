@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/ltsp/ltsp-unionfs/fstest"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // TestFsx runs fstest.Fsx on a file that starts in the lower layer (so its first write copies it up) with each
@@ -30,8 +32,8 @@ func TestFsx(t *testing.T) {
 			data, src := make([]byte, 1500<<10), make([]byte, 300<<10)
 			r.Read(data)
 			r.Read(src)
-			os.WriteFile(filepath.Join(u.Lower(0), "f"), data, 0644)
-			os.WriteFile(filepath.Join(u.Lower(0), "src"), src, 0644)
+			testutil.WriteFile(t, filepath.Join(u.Lower(0), "f"), data, 0644)
+			testutil.WriteFile(t, filepath.Join(u.Lower(0), "src"), src, 0644)
 			mnt := u.Mount(t)
 			var res fstest.FsxResult // from another process: see client_test.go
 			runClient(t, "fsx", fsxArgs{Path: filepath.Join(mnt, "f"), WantFrom: filepath.Join(u.Lower(0), "f"),

@@ -195,7 +195,7 @@ func TestMmapWriteKeepsSetuid(t *testing.T) {
 	for name, size := range sizes {
 		for _, dir := range []string{ref, u.Lower(0)} {
 			p := filepath.Join(dir, name)
-			os.WriteFile(p, make([]byte, size), 0755)
+			testutil.WriteFile(t, p, make([]byte, size), 0755)
 			unix.Chmod(p, 04755)
 		}
 	}

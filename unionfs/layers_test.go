@@ -27,9 +27,9 @@ func TestOpenLayersRefuses(t *testing.T) {
 	}
 	lower, upper := mk("lower"), mk("upper")
 	file := filepath.Join(dir, "file")
-	os.WriteFile(file, nil, 0644)
+	testutil.WriteFile(t, file, nil, 0644)
 	nested := mk("lower/inside")
-	os.Symlink(lower, filepath.Join(dir, "link-to-lower"))
+	testutil.Symlink(t, lower, filepath.Join(dir, "link-to-lower"))
 
 	cases := []struct {
 		name   string
@@ -69,8 +69,8 @@ func TestOpenLayersRefuses(t *testing.T) {
 // TestOpenLayersResolvesRelativePaths checks that relative layer paths are resolved, not refused.
 func TestOpenLayersResolvesRelativePaths(t *testing.T) {
 	dir := t.TempDir()
-	os.Mkdir(filepath.Join(dir, "lo"), 0755)
-	os.Mkdir(filepath.Join(dir, "up"), 0755)
+	testutil.Mkdirs(t, filepath.Join(dir, "lo"))
+	testutil.Mkdirs(t, filepath.Join(dir, "up"))
 	t.Chdir(dir)
 	ls, err := OpenLayers("up", []string{"./lo"})
 	if err != nil {
@@ -88,17 +88,17 @@ func TestAufsMarkersInLower(t *testing.T) {
 	u := newTestUnion(t, 2)
 	l0, l1 := u.Lower(0), u.Lower(1)
 	for _, p := range []string{"d", "keep"} {
-		os.MkdirAll(filepath.Join(l1, p), 0755)
+		testutil.Mkdirs(t, filepath.Join(l1, p))
 	}
-	os.WriteFile(filepath.Join(l1, "gone"), []byte("hidden"), 0644)
-	os.WriteFile(filepath.Join(l1, "d", "below"), nil, 0644)
-	os.WriteFile(filepath.Join(l1, "keep", "below"), nil, 0644)
-	os.MkdirAll(filepath.Join(l0, "d"), 0755)
-	os.MkdirAll(filepath.Join(l0, "keep"), 0755)
-	os.WriteFile(filepath.Join(l0, "d", "top"), nil, 0644)
-	os.WriteFile(filepath.Join(l0, "d", ".wh..wh..opq"), nil, 0644)
-	os.WriteFile(filepath.Join(l0, ".wh.gone"), nil, 0644)
-	os.WriteFile(filepath.Join(l0, ".wh..wh.aufs"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l1, "gone"), []byte("hidden"), 0644)
+	testutil.WriteFile(t, filepath.Join(l1, "d", "below"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l1, "keep", "below"), nil, 0644)
+	testutil.Mkdirs(t, filepath.Join(l0, "d"))
+	testutil.Mkdirs(t, filepath.Join(l0, "keep"))
+	testutil.WriteFile(t, filepath.Join(l0, "d", "top"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l0, "d", ".wh..wh..opq"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l0, ".wh.gone"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l0, ".wh..wh.aufs"), nil, 0644)
 	mnt := u.Mount(t)
 	wantList(t, mnt, "d", "keep")
 	wantList(t, filepath.Join(mnt, "d"), "top")
@@ -120,9 +120,9 @@ func TestAufsMarkersInLower(t *testing.T) {
 // TestUnionfsMetaDirHidden checks that unionfs-fuse's meta directories at a layer root are never shown.
 func TestUnionfsMetaDirHidden(t *testing.T) {
 	u := newTestUnion(t, 1)
-	os.MkdirAll(filepath.Join(u.Upper(), ".unionfs"), 0755)
-	os.MkdirAll(filepath.Join(u.Lower(0), ".unionfs-fuse"), 0755)
-	os.MkdirAll(filepath.Join(u.Lower(0), "sub", ".unionfs"), 0755)
+	testutil.Mkdirs(t, filepath.Join(u.Upper(), ".unionfs"))
+	testutil.Mkdirs(t, filepath.Join(u.Lower(0), ".unionfs-fuse"))
+	testutil.Mkdirs(t, filepath.Join(u.Lower(0), "sub", ".unionfs"))
 	mnt := u.Mount(t)
 	wantList(t, mnt, "sub")
 	wantList(t, filepath.Join(mnt, "sub"), ".unionfs")
@@ -135,9 +135,9 @@ func TestMountPointInsideLower(t *testing.T) {
 	u := newTestUnion(t, 1)
 	sub := filepath.Join(u.Lower(0), "sub")
 	os.MkdirAll(sub, 0711)
-	os.WriteFile(filepath.Join(sub, "covered"), []byte("underneath"), 0644)
+	testutil.WriteFile(t, filepath.Join(sub, "covered"), []byte("underneath"), 0644)
 	testutil.MountTmpfs(t, sub, "1m")
-	os.WriteFile(filepath.Join(sub, "on-the-tmpfs"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(sub, "on-the-tmpfs"), nil, 0644)
 	mnt := u.Mount(t)
 	wantList(t, filepath.Join(mnt, "sub"), "covered")
 	var st unix.Stat_t
@@ -157,9 +157,9 @@ func TestInodeNumbersAcrossDevices(t *testing.T) {
 	// tmpfs numbers inodes from the same counter on every instance: the same numbers in each layer.
 	for i, d := range []string{u.Upper(), u.Lower(0), u.Lower(1)} {
 		for j := 0; j < 20; j++ {
-			os.WriteFile(filepath.Join(d, strings.Repeat("x", i+1)+string(rune('a'+j))), nil, 0644)
+			testutil.WriteFile(t, filepath.Join(d, strings.Repeat("x", i+1)+string(rune('a'+j))), nil, 0644)
 		}
-		os.MkdirAll(filepath.Join(d, "shared"), 0755)
+		testutil.Mkdirs(t, filepath.Join(d, "shared"))
 	}
 	var lowerSt unix.Stat_t
 	unix.Lstat(filepath.Join(u.Lower(0), "xxa"), &lowerSt)
@@ -177,7 +177,7 @@ func TestInodeNumbersAcrossDevices(t *testing.T) {
 // TestReadOnlyRefusesChanges checks that a read-only union refuses every change with EROFS.
 func TestReadOnlyRefusesChanges(t *testing.T) {
 	u := newTestUnion(t, 1)
-	os.WriteFile(filepath.Join(u.Upper(), "f"), []byte("x"), 0644)
+	testutil.WriteFile(t, filepath.Join(u.Upper(), "f"), []byte("x"), 0644)
 	u.cfg.ReadOnly = true
 	mnt := u.Mount(t)
 	checks := map[string]error{
@@ -220,8 +220,8 @@ func TestMarkersCannotBeForged(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			u := newTestUnion(t, 1)
 			u.cfg.Whiteout = format
-			os.WriteFile(filepath.Join(u.Lower(0), "gone"), []byte("x"), 0644)
-			os.WriteFile(filepath.Join(u.Lower(0), "file"), []byte("x"), 0644)
+			testutil.WriteFile(t, filepath.Join(u.Lower(0), "gone"), []byte("x"), 0644)
+			testutil.WriteFile(t, filepath.Join(u.Lower(0), "file"), []byte("x"), 0644)
 			mnt := u.Mount(t)
 			if err := os.Remove(filepath.Join(mnt, "gone")); err != nil {
 				t.Fatal(err)

@@ -25,11 +25,11 @@ func TestOverlayMadeUpperReadsIdentically(t *testing.T) {
 	ovl := u.mkdir("ovl")
 
 	// The top lower overrides and adds to the fixture.
-	os.MkdirAll(filepath.Join(lower0, "etc", "conf.d"), 0755)
-	os.WriteFile(filepath.Join(lower0, "etc", "hostname"), []byte("from lower0\n"), 0644)
-	os.WriteFile(filepath.Join(lower0, "etc", "conf.d", "99.conf"), []byte("extra\n"), 0644)
-	os.MkdirAll(filepath.Join(lower0, "opt", "app"), 0755)
-	os.WriteFile(filepath.Join(lower0, "opt", "app", "bin"), []byte("app\n"), 0755)
+	testutil.Mkdirs(t, filepath.Join(lower0, "etc", "conf.d"))
+	testutil.WriteFile(t, filepath.Join(lower0, "etc", "hostname"), []byte("from lower0\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(lower0, "etc", "conf.d", "99.conf"), []byte("extra\n"), 0644)
+	testutil.Mkdirs(t, filepath.Join(lower0, "opt", "app"))
+	testutil.WriteFile(t, filepath.Join(lower0, "opt", "app", "bin"), []byte("app\n"), 0755)
 
 	// Make changes through kernel overlayfs; its upper records them in the overlay format.
 	testutil.MountOverlay(t, u.lowers, u.upper, work, ovl, "redirect_dir=off")

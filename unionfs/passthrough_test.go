@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
 // passthroughUnion mounts a union with FUSE passthrough for files of every size and fails (or skips outside CI)
@@ -21,7 +23,7 @@ func passthroughUnion(t *testing.T) (*testUnion, string) {
 	u := newTestUnion(t, 1)
 	u.cfg.Passthrough = true
 	u.cfg.PassthroughMinSize = 0
-	os.WriteFile(filepath.Join(u.Lower(0), "f"), bytes.Repeat([]byte("A"), 1<<16), 0644)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "f"), bytes.Repeat([]byte("A"), 1<<16), 0644)
 	mnt := u.Mount(t)
 	u.requirePassthrough(t)
 	return u, mnt
@@ -166,8 +168,8 @@ func TestOpenModeBySize(t *testing.T) {
 	u.cfg.Passthrough = true
 	u.cfg.PassthroughMinSize = 1 << 20
 	small, large := bytes.Repeat([]byte("s"), 4096), bytes.Repeat([]byte("L"), 2<<20)
-	os.WriteFile(filepath.Join(u.Lower(0), "small"), small, 0644)
-	os.WriteFile(filepath.Join(u.Lower(0), "large"), large, 0644)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "small"), small, 0644)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "large"), large, 0644)
 	mnt := u.Mount(t)
 	u.requirePassthrough(t)
 	opens := func() (pt, cached uint64) {
@@ -249,7 +251,7 @@ func TestOpenModeBySize(t *testing.T) {
 func TestPassthroughNodeTakesItsCopy(t *testing.T) {
 	u, mnt := passthroughUnion(t)
 	data := bytes.Repeat([]byte("lower "), 400000)
-	os.WriteFile(filepath.Join(u.Lower(0), "big"), data, 0644)
+	testutil.WriteFile(t, filepath.Join(u.Lower(0), "big"), data, 0644)
 	p := filepath.Join(mnt, "big")
 	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("reading the lower file: %v", err)

@@ -17,7 +17,7 @@ import (
 func upperDir(t *testing.T) (root string, d Dir) {
 	t.Helper()
 	root = t.TempDir()
-	os.Mkdir(filepath.Join(root, "d"), 0755)
+	testutil.Mkdirs(t, filepath.Join(root, "d"))
 	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func TestFormatsOnDisk(t *testing.T) {
 				t.Fatalf("Hide of an absent name: moved %v, %v", moved, err)
 			}
 			// Whiteout of a name the upper layer has: overlay swaps it out, the others mark beside it.
-			os.WriteFile(filepath.Join(dir, "present"), []byte("x"), 0644)
+			testutil.WriteFile(t, filepath.Join(dir, "present"), []byte("x"), 0644)
 			tmp := TempName()
 			moved, err := f.Hide(d, "present", tmp)
 			if err != nil {
@@ -97,7 +97,7 @@ func TestFormatsOnDisk(t *testing.T) {
 			}
 			// Publish a new directory over the whiteout of "gone", made opaque first.
 			tmpDir := TempName()
-			os.Mkdir(filepath.Join(dir, tmpDir), 0755)
+			testutil.Mkdirs(t, filepath.Join(dir, tmpDir))
 			if err := f.MarkOpaque(d, tmpDir, d, "gone"); err != nil {
 				t.Fatal(err)
 			}
@@ -141,7 +141,7 @@ func TestFormatsOnDisk(t *testing.T) {
 				os.Remove(filepath.Join(dir, "present"))
 			}
 			tmpFile := TempName()
-			os.WriteFile(filepath.Join(dir, tmpFile), []byte("new"), 0644)
+			testutil.WriteFile(t, filepath.Join(dir, tmpFile), []byte("new"), 0644)
 			if err := f.Publish(d, tmpFile, "present", false); err != nil {
 				t.Fatal(err)
 			}

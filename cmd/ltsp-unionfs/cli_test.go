@@ -18,11 +18,11 @@ import (
 func TestExitCodes(t *testing.T) {
 	l := newLayout(t)
 	file := filepath.Join(l.dir, "file")
-	os.WriteFile(file, nil, 0644)
+	testutil.WriteFile(t, file, nil, 0644)
 	nested := filepath.Join(l.lower, "nested")
-	os.Mkdir(nested, 0755)
+	testutil.Mkdirs(t, nested)
 	mntInUpper := filepath.Join(l.upper, "mnt")
-	os.Mkdir(mntInUpper, 0755)
+	testutil.Mkdirs(t, mntInUpper)
 	ro, rw := "ro="+l.lower, "rw="+l.upper
 
 	cases := []struct {
@@ -136,7 +136,7 @@ func TestExitCodesAsUser(t *testing.T) {
 		os.Chmod("/dev/fuse", 0666)
 		t.Cleanup(func() { os.Chmod("/dev/fuse", os.FileMode(devFuse.Mode&0777)) })
 	}
-	os.WriteFile(filepath.Join(lower, "hello"), []byte("from the lower\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(lower, "hello"), []byte("from the lower\n"), 0644)
 	r = runCLIAs(t, "", nobody, "ro="+lower, "rw="+upper, mnt)
 	if r.code != 0 {
 		t.Fatalf("user mount: exit %d, stderr %q", r.code, r.stderr)
@@ -195,8 +195,8 @@ func TestDaemonDiesBeforeReady(t *testing.T) {
 // descriptor of its caller's output, and the daemon exits when the mount is unmounted with umount(8).
 func TestBackgroundMountIsLive(t *testing.T) {
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower2, "deep"), []byte("from lower2"), 0644)
-	os.WriteFile(filepath.Join(l.lower, "top"), []byte("from lower"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower2, "deep"), []byte("from lower2"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "top"), []byte("from lower"), 0644)
 	testutil.RequireFUSE(t)
 	// CombinedOutput returns only when every holder of the output pipe has closed it: the daemon must not keep it.
 	out, err := exec.Command(binary, "ro="+l.lower+":"+l.lower2, "rw="+l.upper, l.mnt).CombinedOutput()
@@ -261,7 +261,7 @@ func TestSignalWhileBusyDetaches(t *testing.T) {
 	testutil.RequireFUSE(t)
 	testutil.RequireRoot(t)
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "f"), []byte("still readable"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "f"), []byte("still readable"), 0644)
 	cmd, _ := startForeground(t, l)
 	f, err := os.Open(filepath.Join(l.mnt, "f"))
 	if err != nil {
@@ -346,7 +346,7 @@ func startForeground(t *testing.T, l layout, extra ...string) (*exec.Cmd, *strin
 func TestRelativePaths(t *testing.T) {
 	testutil.RequireFUSE(t)
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "rel"), []byte("relative"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "rel"), []byte("relative"), 0644)
 	r := runCLI(t, l.dir, "ro=lower:./lower2", "rw=upper", "mnt")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
@@ -375,7 +375,7 @@ func TestOptionFormsAgree(t *testing.T) {
 	for name, form := range forms {
 		t.Run(name, func(t *testing.T) {
 			l := newLayout(t)
-			os.WriteFile(filepath.Join(l.lower2, "f"), []byte(name), 0644)
+			testutil.WriteFile(t, filepath.Join(l.lower2, "f"), []byte(name), 0644)
 			r := runCLI(t, "", form(l)...)
 			if r.code != 0 {
 				t.Fatalf("exit %d: %s", r.code, r.stderr)

@@ -231,7 +231,7 @@ func produce(t *testing.T, p upperProducer) producedUpper {
 	u := producedUpper{dir: d, lower: filepath.Join(d, "lower"), upper: filepath.Join(d, "upper")}
 	work, mnt := filepath.Join(d, "work"), filepath.Join(d, "mnt")
 	for _, p := range []string{u.lower, u.upper, work, mnt} {
-		os.Mkdir(p, 0755)
+		testutil.Mkdirs(t, p)
 	}
 	buildDiffLower(t, u.lower)
 	unmount := p.mount(t, u.lower, u.upper, work, mnt)
@@ -376,14 +376,14 @@ func TestMergeUppers(t *testing.T) {
 			opt := fstest.CompareOptions{IgnoreAtime: true, IgnoreDirNlink: true, IgnoreDirSize: true}
 			if p.metacopyRename {
 				kview := filepath.Join(u.dir, "kview")
-				os.Mkdir(kview, 0755)
+				testutil.Mkdirs(t, kview)
 				testutil.MountOverlay(t, []string{u.upper, u.lower}, "", "", kview, "ro", "redirect_dir=follow",
 					"metacopy=on")
 				fstest.CompareTrees(t, kview, into, opt)
 				testutil.Unmount(t, kview)
 			}
 			view := filepath.Join(u.dir, "view")
-			os.Mkdir(view, 0755)
+			testutil.Mkdirs(t, view)
 			if r := runCLI(t, "", "-o", "ro", "ro="+u.lower, "rw="+u.upper, view); r.code != 0 {
 				t.Fatalf("mounting the view: %s", r.stderr)
 			}
@@ -456,9 +456,9 @@ func TestKernelRenamedMetacopy(t *testing.T) {
 	lower, upper, work, mnt := filepath.Join(d, "lower"), filepath.Join(d, "upper"), filepath.Join(d, "work"),
 		filepath.Join(d, "mnt")
 	for _, p := range []string{lower, upper, work, mnt} {
-		os.Mkdir(p, 0755)
+		testutil.Mkdirs(t, p)
 	}
-	os.WriteFile(filepath.Join(lower, "motd"), []byte("welcome\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(lower, "motd"), []byte("welcome\n"), 0644)
 	testutil.MountOverlay(t, []string{lower}, upper, work, mnt, "redirect_dir=on", "metacopy=on")
 	testutil.Run(t, "mv", filepath.Join(mnt, "motd"), filepath.Join(mnt, "motd.old"))
 	testutil.Unmount(t, mnt)

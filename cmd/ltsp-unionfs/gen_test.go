@@ -165,7 +165,7 @@ func TestGenMan(t *testing.T) {
 // TestGenManBadArguments checks gen's usage errors.
 func TestGenManBadArguments(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
-	os.WriteFile(file, nil, 0644)
+	testutil.WriteFile(t, file, nil, 0644)
 	for _, c := range []struct {
 		args []string
 		code int
@@ -196,7 +196,7 @@ func TestGenCompletion(t *testing.T) {
 			t.Fatalf("gen completion %s: exit %d, stderr %q", shell, r.code, r.stderr)
 		}
 		scripts[shell] = filepath.Join(dir, "completion."+shell)
-		os.WriteFile(scripts[shell], []byte(r.stdout), 0644)
+		testutil.WriteFile(t, scripts[shell], []byte(r.stdout), 0644)
 	}
 	for shell, pkg := range map[string]string{"bash": "bash", "zsh": "zsh", "fish": "fish"} {
 		t.Run(shell+" -n", func(t *testing.T) {

@@ -50,11 +50,11 @@ func newHostile(t *testing.T) hostile {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(h.file, nil, 0644)
-	os.WriteFile(h.lower+"/hello", []byte("hello\n"), 0644)
-	os.Symlink(h.lower, h.p("lowerlink"))
-	os.Symlink(h.mnt, h.p("mntlink"))
-	os.Symlink(h.p("nowhere"), h.p("dangling"))
+	testutil.WriteFile(t, h.file, nil, 0644)
+	testutil.WriteFile(t, h.lower+"/hello", []byte("hello\n"), 0644)
+	testutil.Symlink(t, h.lower, h.p("lowerlink"))
+	testutil.Symlink(t, h.mnt, h.p("mntlink"))
+	testutil.Symlink(t, h.p("nowhere"), h.p("dangling"))
 	return h
 }
 

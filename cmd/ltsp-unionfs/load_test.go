@@ -38,8 +38,8 @@ func TestManyClientsNoLeak(t *testing.T) {
 	src := filepath.Join(l.dir, "src")
 	for i := 0; i < 2000; i++ {
 		d := filepath.Join(src, fmt.Sprintf("d%02d", i%40))
-		os.MkdirAll(d, 0755)
-		os.WriteFile(filepath.Join(d, fmt.Sprintf("f%d", i)), []byte(strings.Repeat("x", i%3000)), 0644)
+		testutil.Mkdirs(t, d)
+		testutil.WriteFile(t, filepath.Join(d, fmt.Sprintf("f%d", i)), []byte(strings.Repeat("x", i%3000)), 0644)
 	}
 	tarball := filepath.Join(l.dir, "files.tar")
 	mustRun(t, "", "tar", "cf", tarball, "-C", src, ".")

@@ -21,13 +21,13 @@ import (
 func TestDiffMergeExitCodes(t *testing.T) {
 	l := newLayout(t)
 	file := filepath.Join(l.dir, "file")
-	os.WriteFile(file, nil, 0644)
+	testutil.WriteFile(t, file, nil, 0644)
 	into := filepath.Join(l.dir, "into")
-	os.Mkdir(into, 0755)
-	os.WriteFile(filepath.Join(l.lower, "f"), []byte("lower\n"), 0644)
-	os.WriteFile(filepath.Join(l.upper, "f"), []byte("upper\n"), 0644)
+	testutil.Mkdirs(t, into)
+	testutil.WriteFile(t, filepath.Join(l.lower, "f"), []byte("lower\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.upper, "f"), []byte("upper\n"), 0644)
 	inside := filepath.Join(l.upper, "inside")
-	os.Mkdir(inside, 0755)
+	testutil.Mkdirs(t, inside)
 	nope := filepath.Join(l.dir, "nope")
 	cases := []struct {
 		name string
@@ -68,7 +68,7 @@ func TestDiffMergeExitCodes(t *testing.T) {
 	// overlayfs, by unionfs-fuse. Each refusal leaves the directory as it was; once unmounted, merge works.
 	testutil.RequireRoot(t)
 	work := filepath.Join(l.dir, "work")
-	os.Mkdir(work, 0755)
+	testutil.Mkdirs(t, work)
 	before, _ := testutil.Snapshot(into)
 	busy := func(t *testing.T, upper, want string) {
 		t.Helper()
@@ -129,25 +129,25 @@ func TestMergeBigTree(t *testing.T) {
 	testutil.RequireRoot(t)
 	d := t.TempDir()
 	lower, upper := filepath.Join(d, "lower"), filepath.Join(d, "upper")
-	os.Mkdir(lower, 0755)
-	os.Mkdir(upper, 0755)
+	testutil.Mkdirs(t, lower)
+	testutil.Mkdirs(t, upper)
 	const dirs, files = 15, 100
 	for i := 0; i < dirs; i++ {
 		ld, ud := filepath.Join(lower, fmt.Sprintf("d%02d", i)), filepath.Join(upper, fmt.Sprintf("d%02d", i))
-		os.Mkdir(ld, 0755)
-		os.Mkdir(ud, 0755)
+		testutil.Mkdirs(t, ld)
+		testutil.Mkdirs(t, ud)
 		for j := 0; j < files; j++ {
 			name := fmt.Sprintf("f%03d", j)
-			os.WriteFile(filepath.Join(ld, name), []byte(name+"\n"), 0644)
+			testutil.WriteFile(t, filepath.Join(ld, name), []byte(name+"\n"), 0644)
 			switch j % 10 {
 			case 0: // modified
-				os.WriteFile(filepath.Join(ud, name), []byte("changed "+name+"\n"), 0644)
+				testutil.WriteFile(t, filepath.Join(ud, name), []byte("changed "+name+"\n"), 0644)
 			case 1: // deleted
 				if err := unix.Mknod(filepath.Join(ud, name), unix.S_IFCHR, 0); err != nil {
 					t.Fatal(err)
 				}
 			case 2: // added beside
-				os.WriteFile(filepath.Join(ud, name+".new"), []byte("new\n"), 0600)
+				testutil.WriteFile(t, filepath.Join(ud, name+".new"), []byte("new\n"), 0600)
 			}
 		}
 	}
@@ -184,7 +184,7 @@ func TestMergeBigTree(t *testing.T) {
 	}
 
 	view := filepath.Join(d, "view")
-	os.Mkdir(view, 0755)
+	testutil.Mkdirs(t, view)
 	if r := runCLI(t, "", "-o", "ro", "ro="+lower, "rw="+upper, view); r.code != 0 {
 		t.Fatalf("mounting the view: %s", r.stderr)
 	}

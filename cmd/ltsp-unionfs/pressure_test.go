@@ -42,12 +42,12 @@ func TestMemoryPressure(t *testing.T) {
 	image := buildPressureImage(t, dir)
 
 	lower := filepath.Join(dir, "lower")
-	os.Mkdir(lower, 0755)
+	testutil.Mkdirs(t, lower)
 	testutil.Run(t, "mount", "-o", "loop,ro", image, lower)
 	t.Cleanup(func() { testutil.Unmount(t, lower) })
 	union, ovl := filepath.Join(dir, "union"), filepath.Join(dir, "overlay")
 	for _, d := range []string{union, ovl, dir + "/upper", dir + "/oupper", dir + "/owork"} {
-		os.Mkdir(d, 0755)
+		testutil.Mkdirs(t, d)
 	}
 	if r := runCLI(t, "", "-o", "dev,suid", "ro="+lower, "rw="+dir+"/upper", union); r.code != 0 {
 		t.Fatalf("mount: exit %d: %s", r.code, r.stderr)
@@ -328,12 +328,12 @@ func buildPressureImage(t *testing.T, dir string) string {
 	write := func(name, content string, mode os.FileMode) {
 		t.Helper()
 		p := filepath.Join(root, name)
-		os.MkdirAll(filepath.Dir(p), 0755)
+		testutil.Mkdirs(t, filepath.Dir(p))
 		if err := os.WriteFile(p, []byte(content), mode); err != nil {
 			t.Fatal(err)
 		}
 	}
-	os.MkdirAll(filepath.Join(root, "dev"), 0755)
+	testutil.Mkdirs(t, filepath.Join(root, "dev"))
 	for name, minor := range map[string]uint32{"null": 3, "zero": 5, "random": 8, "urandom": 9} {
 		if err := unix.Mknod(filepath.Join(root, "dev", name), unix.S_IFCHR|0666, int(unix.Mkdev(1, minor))); err != nil {
 			t.Fatal(err)
@@ -363,11 +363,11 @@ func buildPressureImage(t *testing.T, dir string) string {
 	mustRun(t, repo, "git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "start")
 	// A package to install and purge.
 	pkg := filepath.Join(dir, "pkg")
-	os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0755)
-	os.MkdirAll(filepath.Join(pkg, "usr/share/ltsp-pressure"), 0755)
+	testutil.Mkdirs(t, filepath.Join(pkg, "DEBIAN"))
+	testutil.Mkdirs(t, filepath.Join(pkg, "usr/share/ltsp-pressure"))
 	os.WriteFile(filepath.Join(pkg, "DEBIAN/control"), []byte("Package: ltsp-pressure\nVersion: 1.0\n"+
 		"Architecture: all\nMaintainer: t <t@example.org>\nDescription: test package\n"), 0644)
-	os.WriteFile(filepath.Join(pkg, "usr/share/ltsp-pressure/data"), []byte("installed\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(pkg, "usr/share/ltsp-pressure/data"), []byte("installed\n"), 0644)
 	mustRun(t, "", "dpkg-deb", "--root-owner-group", "-b", pkg, filepath.Join(root, "srv/ltsp-pressure.deb"))
 
 	image := filepath.Join(dir, "root.squashfs")

@@ -48,7 +48,7 @@ func TestRealToolsLikeOverlay(t *testing.T) {
 				base := filepath.Join(dir, kind)
 				lower, upper, work, mnt, scratch := base+"/lower", base+"/upper", base+"/work", base+"/mnt", base+"/scratch"
 				for _, d := range []string{lower, upper, work, mnt, scratch} {
-					os.MkdirAll(d, 0755)
+					testutil.Mkdirs(t, d)
 				}
 				if err := testutil.BuildFixture(lower); err != nil {
 					t.Fatal(err)
@@ -129,7 +129,7 @@ git commit -q -am second`
 	if out := run(mrepo, "status", "--porcelain"); out != "" {
 		t.Errorf("a clean lower repository shows changes through the union: %q", out)
 	}
-	os.WriteFile(filepath.Join(mrepo, "dir2", "file"), []byte("changed\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(mrepo, "dir2", "file"), []byte("changed\n"), 0644)
 	os.RemoveAll(filepath.Join(mrepo, "dir3"))
 	if out := run(mrepo, "status", "--porcelain"); !strings.Contains(out, " M dir2/file") || !strings.Contains(out, " D dir3/file") {
 		t.Errorf("status after changes: %q", out)
@@ -161,21 +161,21 @@ func TestDpkgInstallOnUnion(t *testing.T) {
 	l := newLayout(t)
 	// A minimal dpkg root in the lower layer, with a file the package will replace.
 	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "usr/share/doc", "etc"} {
-		os.MkdirAll(filepath.Join(l.lower, d), 0755)
+		testutil.Mkdirs(t, filepath.Join(l.lower, d))
 	}
-	os.WriteFile(filepath.Join(l.lower, "var/lib/dpkg/status"), nil, 0644)
-	os.WriteFile(filepath.Join(l.lower, "var/lib/dpkg/available"), nil, 0644)
-	os.WriteFile(filepath.Join(l.lower, "usr/share/doc/existing"), []byte("from the image\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "var/lib/dpkg/status"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "var/lib/dpkg/available"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "usr/share/doc/existing"), []byte("from the image\n"), 0644)
 	build := func(version string) string {
 		pkg := filepath.Join(l.dir, "pkg-"+version)
-		os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0755)
-		os.MkdirAll(filepath.Join(pkg, "usr/share/ltsp-test"), 0755)
-		os.MkdirAll(filepath.Join(pkg, "etc"), 0755)
+		testutil.Mkdirs(t, filepath.Join(pkg, "DEBIAN"))
+		testutil.Mkdirs(t, filepath.Join(pkg, "usr/share/ltsp-test"))
+		testutil.Mkdirs(t, filepath.Join(pkg, "etc"))
 		os.WriteFile(filepath.Join(pkg, "DEBIAN/control"), []byte("Package: ltsp-test\nVersion: "+version+
 			"\nArchitecture: all\nMaintainer: t <t@e>\nDescription: test package\n"), 0644)
-		os.WriteFile(filepath.Join(pkg, "DEBIAN/conffiles"), []byte("/etc/ltsp-test.conf\n"), 0644)
-		os.WriteFile(filepath.Join(pkg, "etc/ltsp-test.conf"), []byte("version="+version+"\n"), 0644)
-		os.WriteFile(filepath.Join(pkg, "usr/share/ltsp-test/data"), bytes.Repeat([]byte(version), 10000), 0644)
+		testutil.WriteFile(t, filepath.Join(pkg, "DEBIAN/conffiles"), []byte("/etc/ltsp-test.conf\n"), 0644)
+		testutil.WriteFile(t, filepath.Join(pkg, "etc/ltsp-test.conf"), []byte("version="+version+"\n"), 0644)
+		testutil.WriteFile(t, filepath.Join(pkg, "usr/share/ltsp-test/data"), bytes.Repeat([]byte(version), 10000), 0644)
 		deb := pkg + ".deb"
 		if out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zgzip", "--build", pkg, deb).CombinedOutput(); err != nil {
 			t.Fatalf("dpkg-deb: %v\n%s", err, out)
@@ -239,13 +239,13 @@ func buildChroot(t *testing.T, root string) {
 		if err != nil {
 			t.Fatalf("%s: %v", src, err)
 		}
-		os.MkdirAll(filepath.Join(root, filepath.Dir(real)), 0755)
+		testutil.Mkdirs(t, filepath.Join(root, filepath.Dir(real)))
 		if out, err := exec.Command("cp", "-aL", real, filepath.Join(root, real)).CombinedOutput(); err != nil {
 			t.Fatalf("cp %s: %v: %s", real, err, out)
 		}
 		if real != src {
-			os.MkdirAll(filepath.Join(root, filepath.Dir(src)), 0755)
-			os.Symlink(real, filepath.Join(root, src))
+			testutil.Mkdirs(t, filepath.Join(root, filepath.Dir(src)))
+			testutil.Symlink(t, real, filepath.Join(root, src))
 		}
 	}
 	for _, b := range chrootBinaries {
@@ -260,10 +260,10 @@ func buildChroot(t *testing.T, root string) {
 		}
 	}
 	for _, d := range []string{"var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "tmp", "etc"} {
-		os.MkdirAll(filepath.Join(root, d), 0755)
+		testutil.Mkdirs(t, filepath.Join(root, d))
 	}
-	os.WriteFile(filepath.Join(root, "var/lib/dpkg/status"), nil, 0644)
-	os.WriteFile(filepath.Join(root, "var/lib/dpkg/available"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(root, "var/lib/dpkg/status"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(root, "var/lib/dpkg/available"), nil, 0644)
 }
 
 // TestDpkgInChroot installs a package with maintainer scripts into a chroot whose root lives in the lower layer:
@@ -274,19 +274,19 @@ func TestDpkgInChroot(t *testing.T) {
 	l := newLayout(t)
 	buildChroot(t, l.lower)
 	pkg := filepath.Join(l.dir, "pkg")
-	os.MkdirAll(filepath.Join(pkg, "DEBIAN"), 0755)
-	os.MkdirAll(filepath.Join(pkg, "usr/share/ltsp-test"), 0755)
+	testutil.Mkdirs(t, filepath.Join(pkg, "DEBIAN"))
+	testutil.Mkdirs(t, filepath.Join(pkg, "usr/share/ltsp-test"))
 	os.WriteFile(filepath.Join(pkg, "DEBIAN/control"), []byte("Package: ltsp-test\nVersion: 1.0\nArchitecture: all\n"+
 		"Maintainer: t <t@e>\nDescription: test package\n"), 0644)
-	os.WriteFile(filepath.Join(pkg, "DEBIAN/postinst"), []byte("#!/bin/sh\nset -e\necho configured > /var/lib/ltsp-test.state\n"), 0755)
-	os.WriteFile(filepath.Join(pkg, "DEBIAN/postrm"), []byte("#!/bin/sh\nset -e\nrm -f /var/lib/ltsp-test.state\n"), 0755)
-	os.WriteFile(filepath.Join(pkg, "usr/share/ltsp-test/data"), []byte("packaged\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(pkg, "DEBIAN/postinst"), []byte("#!/bin/sh\nset -e\necho configured > /var/lib/ltsp-test.state\n"), 0755)
+	testutil.WriteFile(t, filepath.Join(pkg, "DEBIAN/postrm"), []byte("#!/bin/sh\nset -e\nrm -f /var/lib/ltsp-test.state\n"), 0755)
+	testutil.WriteFile(t, filepath.Join(pkg, "usr/share/ltsp-test/data"), []byte("packaged\n"), 0644)
 	if out, err := exec.Command("dpkg-deb", "--root-owner-group", "--build", pkg, filepath.Join(l.dir, "pkg.deb")).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb: %v: %s", err, out)
 	}
 	mountBG(t, l)
 	deb, _ := os.ReadFile(filepath.Join(l.dir, "pkg.deb"))
-	os.WriteFile(filepath.Join(l.mnt, "tmp/pkg.deb"), deb, 0644)
+	testutil.WriteFile(t, filepath.Join(l.mnt, "tmp/pkg.deb"), deb, 0644)
 	chroot := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command("chroot", append([]string{l.mnt}, args...)...)

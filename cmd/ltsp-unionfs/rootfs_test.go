@@ -94,9 +94,9 @@ func inNamespace(t *testing.T, pid bool, script string, args ...string) (string,
 func TestMountHelperAndFstab(t *testing.T) {
 	bin := buildStatic(t)
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
 	binDir := filepath.Join(l.dir, "bin")
-	os.Mkdir(binDir, 0755)
+	testutil.Mkdirs(t, binDir)
 	if err := os.Symlink(bin, filepath.Join(binDir, "ltsp-unionfs")); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestInitramfsDaemon(t *testing.T) {
 		}
 	})
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
 	for _, fg := range []string{"background", "foreground"} {
 		t.Run(fg, func(t *testing.T) {
 			script := `
@@ -276,16 +276,16 @@ func TestSwitchRoot(t *testing.T) {
 	tools := []string{"/bin/bash", "/bin/cat", "/bin/grep", "/bin/ls", "/bin/sleep", "/bin/kill", "/bin/stat",
 		"/bin/mkdir", "/bin/tr", "/bin/sed", "/bin/pgrep", "/bin/mount"}
 	for _, d := range []string{image, initramfs} {
-		os.MkdirAll(d, 0755)
+		testutil.Mkdirs(t, d)
 		copyWithLibs(t, d, tools...)
 		for _, sub := range []string{"proc", "sys", "dev", "run", "etc", "tmp", "sysroot"} {
-			os.MkdirAll(filepath.Join(d, sub), 0755)
+			testutil.Mkdirs(t, filepath.Join(d, sub))
 		}
 	}
 	copyWithLibs(t, initramfs, "/sbin/switch_root", "/bin/umount", "/bin/findmnt")
-	os.WriteFile(filepath.Join(image, "etc/hello"), []byte("hello from the image\n"), 0644)
-	os.WriteFile(filepath.Join(initramfs, "etc/initrd-release"), nil, 0644)
-	os.WriteFile(filepath.Join(initramfs, "initramfs-marker"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(image, "etc/hello"), []byte("hello from the image\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(initramfs, "etc/initrd-release"), nil, 0644)
+	testutil.WriteFile(t, filepath.Join(initramfs, "initramfs-marker"), nil, 0644)
 	if out, err := exec.Command("cp", bin, filepath.Join(initramfs, "bin/ltsp-unionfs")).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -309,7 +309,7 @@ kill -0 $pid || fail "SIGTERM killed the daemon"
 [ "$(cat /etc/hello)" = "hello from the image" ] || fail "the union is gone after SIGTERM"
 echo ALL-OK
 `
-	os.WriteFile(filepath.Join(image, "checks.sh"), []byte(checks), 0755)
+	testutil.WriteFile(t, filepath.Join(image, "checks.sh"), []byte(checks), 0755)
 	init := `
 set -e
 cd /
@@ -317,7 +317,7 @@ mkdir -p /run/initramfs/ltsp/ro /run/initramfs/ltsp/rw
 ltsp-unionfs ro=/run/initramfs/ltsp/ro rw=/run/initramfs/ltsp/rw /sysroot
 exec switch_root /sysroot /bin/bash /checks.sh
 `
-	os.WriteFile(filepath.Join(initramfs, "init"), []byte(init), 0755)
+	testutil.WriteFile(t, filepath.Join(initramfs, "init"), []byte(init), 0755)
 	script := `
 initramfs=$1 image=$2
 mount -t tmpfs -o mode=0755 initramfs "$initramfs.mnt"
@@ -332,7 +332,7 @@ cd "$initramfs.mnt"
 pivot_root . oldroot
 exec /bin/bash -c 'mount -t proc proc /proc && umount -l /oldroot && exec /bin/bash /init'
 `
-	os.Mkdir(initramfs+".mnt", 0755)
+	testutil.Mkdirs(t, initramfs+".mnt")
 	out, err := inNamespace(t, true, script, initramfs, image)
 	if err != nil || !strings.Contains(out, "ALL-OK") {
 		t.Fatalf("%v\n%s", err, out)
@@ -352,7 +352,7 @@ func copyWithLibs(t *testing.T, root string, programs ...string) {
 			if _, err := os.Lstat(dst); err == nil {
 				continue
 			}
-			os.MkdirAll(filepath.Dir(dst), 0755)
+			testutil.Mkdirs(t, filepath.Dir(dst))
 			if out, err := exec.Command("cp", "-L", real, dst).CombinedOutput(); err != nil {
 				t.Fatalf("cp %s: %v: %s", real, err, out)
 			}
@@ -375,8 +375,8 @@ func copyWithLibs(t *testing.T, root string, programs ...string) {
 // reading an xattr, as ls -l does for security.selinux, always ask the daemon: FUSE caches neither.)
 func TestStoppedDaemonDoesNotHangCachedPaths(t *testing.T) {
 	l := newLayout(t)
-	os.MkdirAll(filepath.Join(l.lower, "proc-like/self"), 0755)
-	os.WriteFile(filepath.Join(l.lower, "proc-like/self/stat"), []byte("x"), 0644)
+	testutil.Mkdirs(t, filepath.Join(l.lower, "proc-like/self"))
+	testutil.WriteFile(t, filepath.Join(l.lower, "proc-like/self/stat"), []byte("x"), 0644)
 	mountBG(t, l)
 	paths := []string{l.mnt, filepath.Join(l.mnt, "proc-like"), filepath.Join(l.mnt, "proc-like/self/stat")}
 	commands := func(p string) [][]string {
@@ -415,7 +415,7 @@ func TestStoppedDaemonDoesNotHangCachedPaths(t *testing.T) {
 func TestAnonymousUpper(t *testing.T) {
 	testutil.RequireRoot(t)
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "hello"), []byte("hello\n"), 0644)
 	r := runCLI(t, "", "-o", "size=64M", "ro="+l.lower, l.mnt)
 	if r.code != 0 {
 		t.Fatalf("mount: exit %d: %s", r.code, r.stderr)
@@ -424,7 +424,7 @@ func TestAnonymousUpper(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(l.mnt, "hello"), []byte("changed\n"), 0644); err != nil {
 		t.Fatal(err)
 	}
-	os.Mkdir(filepath.Join(l.mnt, "dir"), 0755)
+	testutil.Mkdirs(t, filepath.Join(l.mnt, "dir"))
 	if got, _ := os.ReadFile(filepath.Join(l.lower, "hello")); string(got) != "hello\n" {
 		t.Errorf("the lower changed: %q", got)
 	}
@@ -460,7 +460,7 @@ func TestAnonymousUpper(t *testing.T) {
 func TestMountOverItsOwnLower(t *testing.T) {
 	testutil.RequireFUSE(t)
 	l := newLayout(t)
-	os.WriteFile(filepath.Join(l.lower, "etc-hostname"), []byte("image\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "etc-hostname"), []byte("image\n"), 0644)
 	if r := runCLI(t, "", "ro="+l.lower, "rw="+l.upper, l.lower); r.code != 0 {
 		t.Fatalf("mount over the lower: exit %d: %s", r.code, r.stderr)
 	}

@@ -92,15 +92,15 @@ func TestRwtabParity(t *testing.T) {
 		t.Fatalf("parsed only %d rwtab paths", len(dirs)+len(files))
 	}
 	for _, d := range dirs {
-		os.MkdirAll(filepath.Join(l.lower, d), 0755)
-		os.WriteFile(filepath.Join(l.lower, d, "existing"), []byte("from the image\n"), 0644)
+		testutil.Mkdirs(t, filepath.Join(l.lower, d))
+		testutil.WriteFile(t, filepath.Join(l.lower, d, "existing"), []byte("from the image\n"), 0644)
 	}
 	for _, f := range files {
-		os.MkdirAll(filepath.Join(l.lower, filepath.Dir(f)), 0755)
-		os.WriteFile(filepath.Join(l.lower, f), []byte("from the image\n"), 0644)
+		testutil.Mkdirs(t, filepath.Join(l.lower, filepath.Dir(f)))
+		testutil.WriteFile(t, filepath.Join(l.lower, f), []byte("from the image\n"), 0644)
 	}
-	os.MkdirAll(filepath.Join(l.lower, "run"), 0755)
-	os.MkdirAll(filepath.Join(l.lower, "home"), 0755)
+	testutil.Mkdirs(t, filepath.Join(l.lower, "run"))
+	testutil.Mkdirs(t, filepath.Join(l.lower, "home"))
 	for _, f := range []string{"passwd", "group", "shadow", "gshadow", "login.defs"} {
 		if out, err := exec.Command("cp", "-a", "/etc/"+f, filepath.Join(l.lower, "etc", f)).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %s", err, out)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,15 +17,15 @@ import (
 func TestToolsReadLikeOverlay(t *testing.T) {
 	testutil.RequireRoot(t)
 	l := newLayout(t)
-	os.MkdirAll(filepath.Join(l.lower, "etc"), 0755)
-	os.WriteFile(filepath.Join(l.lower, "etc", "hostname"), []byte("top lower\n"), 0644)
-	os.WriteFile(filepath.Join(l.lower, "added"), []byte("added\n"), 0600)
+	testutil.Mkdirs(t, filepath.Join(l.lower, "etc"))
+	testutil.WriteFile(t, filepath.Join(l.lower, "etc", "hostname"), []byte("top lower\n"), 0644)
+	testutil.WriteFile(t, filepath.Join(l.lower, "added"), []byte("added\n"), 0600)
 	// overlayfs writes trusted.overlay.uuid into the upper directory when it mounts: mount it first, so that the
 	// union does not see its upper layer change behind its back.
 	ovl := filepath.Join(l.dir, "ovl")
 	work := filepath.Join(l.dir, "work")
-	os.Mkdir(ovl, 0755)
-	os.Mkdir(work, 0755)
+	testutil.Mkdirs(t, ovl)
+	testutil.Mkdirs(t, work)
 	testutil.MountOverlay(t, []string{l.lower, fixtureDir}, l.upper, work, ovl, "ro")
 	lowers := l.lower + ":" + fixtureDir
 	r := runCLI(t, "", "ro="+lowers, "rw="+l.upper, l.mnt)

@@ -67,8 +67,8 @@ func mountUnionfsFuse(t *testing.T, bin, lower, upper, mnt string) {
 func compareWithUnionfsFuse(t *testing.T, bin, lower, upper, dir string) {
 	t.Helper()
 	a, b := filepath.Join(dir, "view-unionfs-fuse"), filepath.Join(dir, "view-ltsp")
-	os.MkdirAll(a, 0755)
-	os.MkdirAll(b, 0755)
+	testutil.Mkdirs(t, a)
+	testutil.Mkdirs(t, b)
 	mountUnionfsFuse(t, bin, lower, upper, a)
 	r := runCLI(t, "", "-o", "ro", "ro="+lower, "rw="+upper, b)
 	if r.code != 0 {
@@ -89,7 +89,7 @@ func TestUnionfsFuseWritesLtspReads(t *testing.T) {
 	dir := t.TempDir()
 	lower, upper, mnt := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "mnt")
 	for _, d := range []string{lower, upper, mnt} {
-		os.MkdirAll(d, 0755)
+		testutil.Mkdirs(t, d)
 	}
 	if err := testutil.BuildFixture(lower); err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestLtspWritesUnionfsFuseReads(t *testing.T) {
 	dir := t.TempDir()
 	lower, upper, mnt := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "mnt")
 	for _, d := range []string{lower, upper, mnt} {
-		os.MkdirAll(d, 0755)
+		testutil.Mkdirs(t, d)
 	}
 	if err := testutil.BuildFixture(lower); err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func TestUnionfsFuseCommandLine(t *testing.T) {
 			dir := t.TempDir()
 			lower, upper, mnt := filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "mnt")
 			for _, d := range []string{lower, upper, mnt} {
-				os.MkdirAll(d, 0755)
+				testutil.Mkdirs(t, d)
 			}
 			if err := testutil.BuildFixture(lower); err != nil {
 				t.Fatal(err)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"github.com/ltsp/ltsp-unionfs/fstest"
 	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
+	"github.com/ltsp/ltsp-unionfs/tools/changes"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -53,7 +56,7 @@ func changeUnion(t *testing.T, mnt string, scripts ...string) {
 func newLower(t *testing.T) string {
 	t.Helper()
 	lower := filepath.Join(t.TempDir(), "lower")
-	os.Mkdir(lower, 0755)
+	testutil.Mkdirs(t, lower)
 	if err := testutil.BuildFixture(lower); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +106,7 @@ func produceLtsp(t *testing.T, lower, format string) string {
 func produceKernel(t *testing.T, lower string) string {
 	dir, upper, mnt := upperDirs(t)
 	work := filepath.Join(dir, "work")
-	os.Mkdir(work, 0755)
+	testutil.Mkdirs(t, work)
 	testutil.MountOverlay(t, []string{lower}, upper, work, mnt, "redirect_dir=on", "metacopy=on")
 	changeUnion(t, mnt, unionfsScript, renameScript)
 	testutil.Unmount(t, mnt)
@@ -178,7 +181,7 @@ func convertChain(t *testing.T, lower, upper, ref string, chain ...string) {
 		views := filepath.Join(t.TempDir(), "views")
 		ltsp, kernel, uf := views+"/ltsp", views+"/kernel", views+"/unionfs-fuse"
 		for _, d := range []string{ltsp, kernel, uf} {
-			os.MkdirAll(d, 0755)
+			testutil.Mkdirs(t, d)
 		}
 		mountLtsp(t, lower, upper, ltsp, "-o", "ro")
 		n := fstest.CompareTrees(t, ref, ltsp, viewOpts)
@@ -216,7 +219,7 @@ func refView(t *testing.T, lower, upper string, kernel bool) string {
 	t.Helper()
 	dir := t.TempDir()
 	cp, mnt := filepath.Join(dir, "upper"), filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0755)
+	testutil.Mkdirs(t, mnt)
 	if out, err := exec.Command("cp", "-a", upper, cp).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v: %s", err, out)
 	}
@@ -284,7 +287,7 @@ func TestToolsOverRotatedLowers(t *testing.T) {
 	kupper := produceKernel(t, base)
 	dir, _, kmnt := upperDirs(t)
 	kwork := filepath.Join(dir, "work2")
-	os.Mkdir(kwork, 0755)
+	testutil.Mkdirs(t, kwork)
 	testutil.MountOverlay(t, []string{base}, kupper, kwork, kmnt, "redirect_dir=on", "metacopy=on")
 	changeUnion(t, kmnt, `set -e; cd "$1"; mv rot/A rot/B; chmod 600 rot/F`)
 	testutil.Unmount(t, kmnt)
@@ -309,6 +312,7 @@ func TestToolsOverRotatedLowers(t *testing.T) {
 				}
 			}
 			wantClean(t, lowers, upper)
+			diffAgreesWithViews(t, lowers, upper)
 			chain := map[string][]string{"overlay": {"aufs", "overlay"}, "aufs": {"overlay", "aufs"},
 				"unionfs-fuse-1.0": {"overlay", "unionfs-fuse-1.0"}}[format]
 			convertChain(t, lowers, upper, refView(t, lowers, upper, false), chain...)
@@ -345,7 +349,7 @@ func TestConvertKernelOverlayUpper(t *testing.T) {
 	// metadata-only copies (xattrs.moved, etc/06.moved) is found through their redirects.
 	ref := refView(t, lower, upper, true)
 	ltsp := filepath.Join(t.TempDir(), "ltsp")
-	os.Mkdir(ltsp, 0755)
+	testutil.Mkdirs(t, ltsp)
 	mountLtsp(t, lower, upper, ltsp, "-o", "ro")
 	fstest.CompareTrees(t, ref, ltsp, viewOpts)
 	unmountAndWait(t, ltsp)
@@ -468,7 +472,7 @@ func TestCheckExitCodes(t *testing.T) {
 	// Kernel overlayfs and unionfs-fuse mounts of the upper.
 	dir := filepath.Dir(upper)
 	work := filepath.Join(dir, "work")
-	os.Mkdir(work, 0755)
+	testutil.Mkdirs(t, work)
 	if r := runCLI(t, "", "convert", upper, "--to", "overlay", "--lower", lower); r.code != 0 {
 		t.Fatalf("convert: exit %d: %s", r.code, r.stderr)
 	}
@@ -487,4 +491,114 @@ func TestCheckExitCodes(t *testing.T) {
 	if r := runCLI(t, "", "convert", upper, "--to", "aufs"); r.code != exitBusy {
 		t.Errorf("convert of the upper of a live unionfs-fuse mount: exit %d: %s", r.code, r.stderr)
 	}
+}
+
+// diffAgreesWithViews checks what diff --json says about upper over lowers (DIR:DIR...) against what the daemon
+// shows, with the upper layer and without it (an empty upper): every path diff reports changed is in the union's
+// view, every path it reports deleted only in the lowers' view; every path only one view has, and every file the
+// two views show differently, is covered by a change of it or of a parent.
+func diffAgreesWithViews(t *testing.T, lowers, upper string) {
+	t.Helper()
+	r := runCLI(t, "", append([]string{"diff", "--json", upper}, lowerFlags(lowers)...)...)
+	if r.code != 0 {
+		t.Fatalf("diff: exit %d: %s", r.code, r.stderr)
+	}
+	var rep changes.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("diff --json: %v", err)
+	}
+	dir := t.TempDir()
+	union, below, empty := filepath.Join(dir, "union"), filepath.Join(dir, "below"), filepath.Join(dir, "empty")
+	testutil.Mkdirs(t, union, below, empty)
+	mountLtsp(t, lowers, upper, union, "-o", "ro")
+	mountLtsp(t, lowers, empty, below, "-o", "ro")
+	u, l := viewFiles(t, union), viewFiles(t, below)
+	unmountAndWait(t, union)
+	unmountAndWait(t, below)
+
+	byPath := map[string]*changes.Change{}
+	for _, c := range rep.Changes {
+		byPath[strings.TrimPrefix(c.Path, "/")] = c
+	}
+	// lowerPath is where the lowers hold what p shows: below a renamed directory, at the directory's source.
+	lowerPath := func(p string) string {
+		for q := p; q != "." && q != ""; q = filepath.Dir(q) {
+			if c, ok := byPath[q]; ok && c.Kind == changes.Renamed {
+				return strings.TrimPrefix(c.From, "/") + strings.TrimPrefix(p, q)
+			}
+		}
+		return p
+	}
+	for _, c := range rep.Changes {
+		p := strings.TrimPrefix(c.Path, "/")
+		_, inUnion := u[p]
+		_, inLower := l[lowerPath(p)]
+		switch {
+		case c.Kind == changes.Deleted && (inUnion || !inLower):
+			t.Errorf("diff says %s is deleted: in the union's view %v, in the lowers' (at /%s) %v", c.Path, inUnion,
+				lowerPath(p), inLower)
+		case c.Kind != changes.Deleted && p != "" && !inUnion:
+			t.Errorf("diff says %s (%s), which the union does not show", c, c.Kind)
+		}
+	}
+	// covered reports whether a change of p, or one of a parent that replaces its content, explains a difference.
+	covered := func(p string, any bool) bool {
+		if _, ok := byPath[p]; ok {
+			return true
+		}
+		for q := p; q != "." && q != ""; {
+			q = filepath.Dir(q)
+			if c, ok := byPath[q]; ok && (any || c.Kind == changes.Added || c.Kind == changes.Opaque ||
+				c.Kind == changes.Renamed || c.Kind == changes.Modified) {
+				return true
+			}
+		}
+		return false
+	}
+	for p := range u {
+		if _, ok := l[p]; !ok && !covered(p, true) {
+			t.Errorf("the union shows %s, which the lowers do not, and diff says nothing of it", p)
+		}
+	}
+	for p, desc := range l {
+		got, ok := u[p]
+		switch {
+		case !ok && !covered(p, true):
+			t.Errorf("the lowers show %s, which the union does not, and diff says nothing of it", p)
+		case ok && got != desc && !covered(p, false):
+			t.Errorf("%s differs (%s, below %s) and diff says nothing of it", p, got, desc)
+		}
+	}
+	if len(rep.Changes) < 10 {
+		t.Errorf("diff reports only %d changes", len(rep.Changes))
+	}
+}
+
+// viewFiles describes every object below root by its path: type, mode and, for files, the content's digest.
+func viewFiles(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "." {
+			return nil
+		}
+		desc := fi.Mode().String()
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += fmt.Sprintf(" %x", sha256.Sum256(b))
+		}
+		out[rel] = desc
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

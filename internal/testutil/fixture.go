@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"testing"
 
 	"golang.org/x/sys/unix"
 
@@ -355,4 +356,34 @@ func DiffSnapshots(before, after map[string]string) []string {
 	}
 	sort.Strings(diffs)
 	return diffs
+}
+
+// Mkdirs makes each directory (with its parents, mode 0755), failing t on the first error: test setup that is
+// checked, instead of os.Mkdir calls whose errors nobody reads.
+func Mkdirs(t testing.TB, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// WriteFile writes a file (its parent directories made as needed), failing t on error.
+func WriteFile(t testing.TB, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Symlink makes the symlink path to target, failing t on error.
+func Symlink(t testing.TB, target, path string) {
+	t.Helper()
+	if err := os.Symlink(target, path); err != nil {
+		t.Fatal(err)
+	}
 }
