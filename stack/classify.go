@@ -48,7 +48,7 @@ type DirContext struct {
 }
 
 // ReadDir calls fn with every entry of the layer directory dirfd ("." and ".." excluded), classified, until fn
-// returns an error, which ReadDir returns. An entry removed between getdents and the stat that classifies it is
+// returns an error, which ReadDir returns. The entry fn gets is valid until fn returns. An entry removed between getdents and the stat that classifies it is
 // skipped.
 func ReadDir(dirfd int, c DirContext, fn func(e *Entry) error) error {
 	fd, err := openList(dirfd)
@@ -57,11 +57,12 @@ func ReadDir(dirfd int, c DirContext, fn func(e *Entry) error) error {
 	}
 	defer unix.Close(fd)
 	var ferr error
+	var e Entry // one for the whole listing: fn gets a pointer, and an entry each would be an allocation each
 	err = sysx.Getdents(fd, func(name string, ino uint64, typ uint8) {
 		if ferr != nil || name == "." || name == ".." || c.Skip != nil && c.Skip(name) {
 			return
 		}
-		e := Entry{Name: name, Ino: ino, Type: typ}
+		e = Entry{Name: name, Ino: ino, Type: typ}
 		switch {
 		case whiteout.IsTempName(name):
 			e.Kind = Temp
@@ -134,11 +135,12 @@ func ReadMeta(dirfd int, fn func(e *MetaEntry) error) error {
 	}
 	defer unix.Close(fd)
 	var ferr error
+	var e MetaEntry // one for the whole listing, as in ReadDir
 	err = sysx.Getdents(fd, func(name string, _ uint64, typ uint8) {
 		if ferr != nil || name == "." || name == ".." {
 			return
 		}
-		e := MetaEntry{Name: name, Kind: MetaOther}
+		e = MetaEntry{Name: name, Kind: MetaOther}
 		if h, ok := strings.CutSuffix(name, whiteout.UnionfsHiddenSuffix); ok && h != "" {
 			e.Kind, e.Hides = MetaWhiteout, h
 		} else {

@@ -210,7 +210,8 @@ func (rd *Reader) lookup(v View, name string, absPath []string, res *Result) err
 				break
 			}
 			if !p.Metacopy {
-				res.Data = &p
+				d := p // p stays on the stack: only the data object is kept
+				res.Data = &d
 				break
 			}
 			target, absPath = rd.followData(dirfd, target, absPath, res)
