@@ -28,6 +28,7 @@ var Cases = map[string]Case{
 	"RenameExchange":      RenameExchange,
 	"Symlink":             Symlink,
 	"HardLink":            HardLink,
+	"HardLinkedSymlink":   HardLinkedSymlink,
 	"ChmodUtimes":         ChmodUtimes,
 	"Chown":               Chown,
 	"Xattr":               Xattr,
@@ -272,6 +273,63 @@ func HardLink(t *testing.T, dir string) {
 		t.Fatalf("after unlink: nlink %d, want 1", st.Nlink)
 	}
 	wantContent(t, b, "changed")
+}
+
+// HardLinkedSymlink links a symlink and a FIFO (link(2) links the symlink itself), removes the first name of
+// each, once by unlink and once by a rename over it: the other name still reads, stats and changes as before.
+func HardLinkedSymlink(t *testing.T, dir string) {
+	for _, how := range []string{"unlink", "rename over"} {
+		s, h := filepath.Join(dir, "s"), filepath.Join(dir, "h")
+		f, g := filepath.Join(dir, "f"), filepath.Join(dir, "g")
+		if err := os.Symlink("the target", s); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mkfifo(f, 0644); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range [][2]string{{s, h}, {f, g}} {
+			if err := unix.Linkat(unix.AT_FDCWD, l[0], unix.AT_FDCWD, l[1], 0); err != nil {
+				t.Fatal(err)
+			}
+			// The kernel knows the first name's node before it goes, as a program that just used it would.
+			lstat(t, l[0])
+			if how == "unlink" {
+				if err := unix.Unlink(l[0]); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				writeFile(t, l[0]+".new", "replacement", 0644)
+				if err := os.Rename(l[0]+".new", l[0]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if got, err := os.Readlink(h); err != nil || got != "the target" {
+			t.Fatalf("%s: readlink of the other name: %q, %v", how, got, err)
+		}
+		if st := lstat(t, h); st.Nlink != 1 || st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			t.Fatalf("%s: symlink's other name: nlink %d mode %o", how, st.Nlink, st.Mode)
+		}
+		if err := unix.Chmod(g, 0600); err != nil {
+			t.Fatalf("%s: chmod of the FIFO's other name: %v", how, err)
+		}
+		if st := lstat(t, g); st.Nlink != 1 || st.Mode != unix.S_IFIFO|0600 {
+			t.Fatalf("%s: FIFO's other name: nlink %d mode %o", how, st.Nlink, st.Mode)
+		}
+		if os.Geteuid() == 0 {
+			if err := os.Lchown(h, 12, 34); err != nil {
+				t.Fatalf("%s: lchown of the symlink's other name: %v", how, err)
+			}
+			if st := lstat(t, h); st.Uid != 12 || st.Gid != 34 {
+				t.Fatalf("%s: owner after lchown: %d:%d", how, st.Uid, st.Gid)
+			}
+		}
+		for _, p := range []string{s, h, f, g} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+	}
 }
 
 // ChmodUtimes changes modes (setuid and sticky included) and nanosecond times, UTIME_OMIT included.

@@ -1,8 +1,10 @@
 package sysx
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +57,34 @@ func TestEmptyNameActsOnAnUnlinkedFile(t *testing.T) {
 		if err := Fstat(fd, &st); err != nil || st.Uid != 12 || st.Gid != 34 {
 			t.Errorf("owner after Chownat: %d:%d (%v)", st.Uid, st.Gid, err)
 		}
+	}
+}
+
+// TestReadlinkatEmptyName reads a symlink through an O_PATH descriptor, after the name it was opened by is gone
+// and another hard link of it stays.
+func TestReadlinkatEmptyName(t *testing.T) {
+	dir := t.TempDir()
+	p, other := filepath.Join(dir, "s"), filepath.Join(dir, "h")
+	if err := os.Symlink("the target", p); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Linkat(unix.AT_FDCWD, p, unix.AT_FDCWD, other, 0); err != nil {
+		t.Fatal(err)
+	}
+	fd := openPath(t, p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Readlinkat(fd, ""); err != nil || string(got) != "the target" {
+		t.Errorf("Readlinkat(fd, \"\") = %q, %v; want the target", got, err)
+	}
+	f := filepath.Join(dir, "f")
+	if err := os.WriteFile(f, nil, 0644); err != nil {
+		t.Fatal(err)
+	}
+	// Linux answers an empty name that is no symlink with ENOENT (a non-empty one with EINVAL).
+	if _, err := Readlinkat(openPath(t, f), ""); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("Readlinkat(fd of a regular file, \"\") = %v, want ENOENT", err)
 	}
 }
 

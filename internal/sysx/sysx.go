@@ -157,10 +157,14 @@ func Openat(dirfd int, name string, flags int, mode uint32) (int, error) {
 	return fd, err
 }
 
-// Readlinkat reads the target of the symlink name in dirfd.
+// Readlinkat reads the target of the symlink name in dirfd. An empty name reads the symlink dirfd itself, an
+// O_PATH|O_NOFOLLOW descriptor of it: how the union reaches a symlink whose name went away while another hard
+// link of it stayed (see unionfs's keepByDescriptor).
 func Readlinkat(dirfd int, name string) ([]byte, error) {
-	if err := CheckName(name); err != nil {
-		return nil, err
+	if name != "" {
+		if err := CheckName(name); err != nil {
+			return nil, err
+		}
 	}
 	for size := 256; ; size *= 2 {
 		buf := make([]byte, size)
