@@ -124,6 +124,10 @@ func (res *Result) Exists() bool { return len(res.Found) > 0 }
 // IsDir reports whether the name resolved to a directory.
 func (res *Result) IsDir() bool { return len(res.Found) > 0 && res.Found[0].IsDir() }
 
+// OwnsDescriptors reports whether the lookup opened descriptors of its own (following an absolute redirect):
+// only then do the objects' Dirfd fields depend on res staying open rather than on the View's directories.
+func (res *Result) OwnsDescriptors() bool { return len(res.tmpfds) > 0 }
+
 // Close releases the descriptors the lookup opened; the objects' Dirfd fields are invalid afterwards.
 func (res *Result) Close() {
 	for _, fd := range res.tmpfds {

@@ -3,6 +3,8 @@ package changes
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -580,12 +582,7 @@ func (m *merger) finish() error {
 		}
 		return sysx.Utimensat(fd, "", &ts)
 	}
-	paths := make([]string, 0, len(m.upperDirs))
-	for p := range m.upperDirs {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
+	for _, p := range slices.Sorted(maps.Keys(m.upperDirs)) {
 		c := m.upperDirs[p]
 		if err := set(p, [2]unix.Timespec{c.st.Atim, c.st.Mtim}); err != nil {
 			return fmt.Errorf("%s: setting times: %w", p, err)

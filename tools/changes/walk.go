@@ -3,7 +3,8 @@ package changes
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -247,12 +248,7 @@ func (w *walker) walkDir(u *udir) error {
 			return w.layerErr(u.path, fmt.Errorf("marker directory: %w", err))
 		}
 	}
-	names := make([]string, 0, len(entries))
-	for n := range entries {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(entries)) {
 		e := entries[name]
 		path := joinPath(u.path, name)
 		if w.opt.Progress != nil {

@@ -2,7 +2,8 @@ package check
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -10,6 +11,7 @@ import (
 	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/stack"
+	"github.com/ltsp/ltsp-unionfs/tools/layers"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -40,29 +42,23 @@ func Check(upper string, opt Options) (*Report, error) {
 	}
 	c := &checker{opt: opt, root: rootfd, aufs: stack.DeclaresAufs(rootfd), formats: map[string]bool{},
 		rep: &Report{Upper: upper, Lowers: opt.Lowers, Problems: []Problem{}, Formats: []string{}}}
-	var below *Stack
+	var below *layers.Stack
 	if len(opt.Lowers) > 0 {
-		if c.lowers, err = OpenLowers(opt.Lowers); err != nil {
+		if c.lowers, err = layers.OpenLowers(opt.Lowers); err != nil {
 			return nil, err
 		}
 		defer c.lowers.Close()
 		below = c.lowers.Root()
 		defer below.Close()
 	}
-	var metas []metaDir
-	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
-		if fd, err := sysx.OpenDir(rootfd, name); err == nil {
-			metas = append(metas, metaDir{name: name, fd: fd})
-			c.formats[metaFormat(name)] = true
-		}
+	metas := layers.OpenMetas(rootfd)
+	for _, m := range metas {
+		c.formats[metaFormat(m.Tree)] = true
 	}
 	if err := c.walk(rootfd, "", below, metas); err != nil {
 		return nil, err
 	}
-	for f := range c.formats {
-		c.rep.Formats = append(c.rep.Formats, f)
-	}
-	sort.Strings(c.rep.Formats)
+	c.rep.Formats = append(c.rep.Formats, slices.Sorted(maps.Keys(c.formats))...) // [] in JSON when none
 	if len(c.rep.Formats) > 1 {
 		c.rep.Problems = append(c.rep.Problems, Problem{Kind: KindMixedFormats, Path: "/",
 			Detail: "markers of several whiteout formats in one upper layer: " + strings.Join(c.rep.Formats, ", "),
@@ -80,18 +76,12 @@ func metaFormat(name string) string {
 	return "unionfs-fuse"
 }
 
-// metaDir is the directory of a unionfs-fuse meta tree that belongs to the upper directory being walked.
-type metaDir struct {
-	name string // the meta tree: .unionfs or .unionfs-fuse
-	fd   int
-}
-
 // checker walks one upper layer.
 type checker struct {
 	opt     Options
 	root    int
 	aufs    bool // the upper layer declares aufs markers
-	lowers  *Lowers
+	lowers  *layers.Lowers
 	rep     *Report
 	formats map[string]bool
 }
@@ -124,11 +114,9 @@ func join(dir, name string) string { return dir + "/" + name }
 // walk checks the upper directory dirfd (-1 if the upper layer has no directory there but a meta tree does) at
 // path, whose lower directories are below (nil without lowers) and whose meta directories are metas. It closes
 // dirfd (unless it is the root) and metas.
-func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) error {
+func (c *checker) walk(dirfd int, dir string, below *layers.Stack, metas []layers.Meta) error {
 	defer func() {
-		for _, m := range metas {
-			unix.Close(m.fd)
-		}
+		layers.CloseMetas(metas)
 		if dirfd >= 0 && dirfd != c.root {
 			unix.Close(dirfd)
 		}
@@ -145,7 +133,7 @@ func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) err
 			return &stack.LayerError{Path: join(c.rep.Upper, dir), Err: err}
 		}
 		if c.opt.Repair {
-			defer KeepTimes(dirfd)()
+			defer layers.KeepTimes(dirfd)()
 		}
 	}
 	c.rep.Objects += len(ents)
@@ -184,28 +172,28 @@ func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) err
 	metaSubdirs := map[string]bool{}
 	var metaNames []string
 	for _, m := range metas {
-		mfd := m.fd
+		mfd := m.Fd
 		err := stack.ReadMeta(mfd, func(e *stack.MetaEntry) error {
 			c.rep.Objects++
 			name := e.Name
 			switch e.Kind {
 			case stack.MetaWhiteout:
 				// unionfs-fuse 1.0 hides a directory with a directory marker.
-				markers = append(markers, marker{name: e.Hides, where: "/" + m.name + join(dir, name),
-					format: metaFormat(m.name), remove: func() error { return whiteout.RemoveTree(mfd, name) }})
+				markers = append(markers, marker{name: e.Hides, where: "/" + m.Tree + join(dir, name),
+					format: metaFormat(m.Tree), remove: func() error { return whiteout.RemoveTree(mfd, name) }})
 			case stack.MetaDir:
 				if !metaSubdirs[name] {
 					metaSubdirs[name] = true
 					metaNames = append(metaNames, name)
 				}
 			default:
-				c.problem(Problem{Kind: KindUnknownMeta, Path: "/" + m.name + join(dir, name),
+				c.problem(Problem{Kind: KindUnknownMeta, Path: "/" + m.Tree + join(dir, name),
 					Detail: "an entry of the unionfs-fuse meta tree that is no whiteout marker"}, nil, "")
 			}
 			return nil
 		})
 		if err != nil {
-			return &stack.LayerError{Path: join(c.rep.Upper, m.name+dir), Err: err}
+			return &stack.LayerError{Path: join(c.rep.Upper, m.Tree+dir), Err: err}
 		}
 	}
 	beside := map[string]bool{} // names with an aufs or unionfs-fuse marker: opaque if they are directories
@@ -255,15 +243,15 @@ func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) err
 			var where []string
 			for _, m := range metas {
 				var st unix.Stat_t
-				if sysx.Fstatat(m.fd, name, &st) == nil {
-					where = append(where, "/"+m.name+join(dir, name))
+				if sysx.Fstatat(m.Fd, name, &st) == nil {
+					where = append(where, "/"+m.Tree+join(dir, name))
 				}
 			}
 			c.problem(Problem{Kind: KindOrphanMeta, Path: where[0],
 				Detail: "unionfs-fuse markers below " + join(dir, name) + ", which exists in no layer"},
 				func() error {
 					for _, m := range metas {
-						if err := whiteout.RemoveTree(m.fd, name); err != nil {
+						if err := whiteout.RemoveTree(m.Fd, name); err != nil {
 							return err
 						}
 					}
@@ -274,7 +262,7 @@ func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) err
 		if below == nil {
 			child = nil
 		}
-		if err := c.walk(-1, join(dir, name), child, subMetas(metas, name)); err != nil {
+		if err := c.walk(-1, join(dir, name), child, layers.SubMetas(metas, name)); err != nil {
 			child.Close()
 			return err
 		}
@@ -283,19 +271,8 @@ func (c *checker) walk(dirfd int, dir string, below *Stack, metas []metaDir) err
 	return nil
 }
 
-// subMetas opens the meta directories called name in metas.
-func subMetas(metas []metaDir, name string) []metaDir {
-	var out []metaDir
-	for _, m := range metas {
-		if fd, err := sysx.OpenDir(m.fd, name); err == nil {
-			out = append(out, metaDir{name: m.name, fd: fd})
-		}
-	}
-	return out
-}
-
 // dir checks the upper directory name in dirfd and descends into it.
-func (c *checker) dir(dirfd int, dir, name string, below *Stack, metas []metaDir, markerBeside bool) error {
+func (c *checker) dir(dirfd int, dir, name string, below *layers.Stack, metas []layers.Meta, markerBeside bool) error {
 	p := join(dir, name)
 	if stack.HasMark(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
@@ -306,7 +283,7 @@ func (c *checker) dir(dirfd int, dir, name string, below *Stack, metas []metaDir
 	if redirect != "" {
 		c.formats["overlay"] = true
 	}
-	var child *Stack
+	var child *layers.Stack
 	switch {
 	case below == nil:
 		if redirect != "" && !opaque && !whiteout.ValidRedirect(redirect) {
@@ -330,7 +307,7 @@ func (c *checker) dir(dirfd int, dir, name string, below *Stack, metas []metaDir
 					if err := sysx.Setxattrat(dirfd, name, whiteout.OverlayOpaqueXattr, []byte("y"), 0); err != nil {
 						return err
 					}
-					return removeXattrs(dirfd, name, whiteout.RedirectXattrs)
+					return layers.RemoveXattrs(dirfd, name, whiteout.RedirectXattrs)
 				}, "made opaque, redirect removed")
 		}
 	}
@@ -339,7 +316,7 @@ func (c *checker) dir(dirfd int, dir, name string, below *Stack, metas []metaDir
 		child.Close()
 		return &stack.LayerError{Path: join(c.rep.Upper, p), Err: err}
 	}
-	err = c.walk(sub, p, child, subMetas(metas, name))
+	err = c.walk(sub, p, child, layers.SubMetas(metas, name))
 	child.Close()
 	return err
 }
@@ -351,21 +328,21 @@ func (c *checker) badRedirectForm(p, redirect string) {
 }
 
 // nonDir checks the upper non-directory name in dirfd.
-func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, below *Stack) {
+func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, below *layers.Stack) {
 	p := join(dir, name)
 	if stack.HasMark(dirfd, name, whiteout.OpaqueXattrs) {
 		c.formats["overlay"] = true
 		c.problem(Problem{Kind: KindOpaqueNonDir, Path: p, Detail: "opaque marker on a non-directory"},
-			func() error { return removeXattrs(dirfd, name, whiteout.OpaqueXattrs) }, "opaque xattr removed")
+			func() error { return layers.RemoveXattrs(dirfd, name, whiteout.OpaqueXattrs) }, "opaque xattr removed")
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || !IsMetacopy(dirfd, name) {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || !layers.IsMetacopy(dirfd, name) {
 		return
 	}
 	c.formats["overlay"] = true
 	if below == nil {
 		return
 	}
-	_, release, ok := MetacopyData(c.lowers, dirfd, name, below)
+	_, release, ok := layers.MetacopyData(c.lowers, dirfd, name, below)
 	release()
 	if ok {
 		return
@@ -373,29 +350,4 @@ func (c *checker) nonDir(dirfd int, dir, name string, st *unix.Stat_t, below *St
 	c.problem(Problem{Kind: KindMetacopyNoData, Path: p,
 		Detail: "metadata-only copy whose data no lower layer holds any more"}, nil,
 		"its data is lost: restore the lower file, or remove or rewrite the upper file")
-}
-
-// MetacopyData finds the lower file holding the data of the metadata-only copy name in the upper directory
-// dirfd, whose lower below is below: the file its redirect xattr names (overlayfs records one when a
-// metadata-only copy is renamed: an absolute path, or a name in the same directory), else the one of the same
-// name below. The entry's Dirfd stays valid until
-// release is called.
-func MetacopyData(lowers *Lowers, dirfd int, name string, below *Stack) (e Entry, release func(), ok bool) {
-	release = func() {}
-	switch r := whiteout.ReadRedirect(dirfd, name); {
-	case strings.HasPrefix(r, "/") && lowers != nil:
-		res := &stack.Result{}
-		release = res.Close
-		if lowers.t.LookupPath(r, res) == nil && res.Exists() {
-			e, ok = entryOf(res), true
-		}
-	case r != "" && sysx.CheckName(r) == nil:
-		e, ok = below.Lookup(r)
-	default:
-		e, ok = below.Lookup(name)
-	}
-	if ok && e.Data != nil {
-		e = *e.Data // a lower metadata-only copy: the data is further down
-	}
-	return e, release, ok && e.Stat.Mode&unix.S_IFMT == unix.S_IFREG
 }

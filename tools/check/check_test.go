@@ -17,8 +17,8 @@ import (
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
-// layers makes a lower layer with a few objects and an empty upper layer.
-func layers(t *testing.T) (lower, upper string) {
+// newLayers makes a lower layer with a few objects and an empty upper layer.
+func newLayers(t *testing.T) (lower, upper string) {
 	t.Helper()
 	testutil.RequireRoot(t)
 	d := t.TempDir()
@@ -71,7 +71,7 @@ func wantProblems(t *testing.T, rep *Report, want ...string) {
 // same kinds, checks that exactly the problems are reported, that --repair fixes each, and that a second check
 // is clean and the correct markers are still there.
 func TestCheckRepairsFixable(t *testing.T) {
-	lower, upper := layers(t)
+	lower, upper := newLayers(t)
 	// Correct markers: a whiteout of a lower file, an opaque directory, a redirect to a lower directory, a
 	// metadata-only copy whose data is below.
 	mkWhiteout(t, upper+"/a")
@@ -156,7 +156,7 @@ func getx(p, attr string) (string, error) {
 // TestCheckAufsAndUnionfsMarkers builds the fixable problems of the aufs and unionfs-fuse formats: redundant,
 // useless and orphan markers; and the unfixable mixing of formats and unknown meta entries.
 func TestCheckAufsAndUnionfsMarkers(t *testing.T) {
-	lower, upper := layers(t)
+	lower, upper := newLayers(t)
 	meta := upper + "/" + whiteout.UnionfsLegacyMetaDir
 	write(t, meta+"/a_HIDDEN~", "")       // correct
 	write(t, meta+"/d/x_HIDDEN~", "")     // correct, though the upper has no d
@@ -198,7 +198,7 @@ func TestCheckAufsAndUnionfsMarkers(t *testing.T) {
 // TestCheckUnfixable: a metadata-only copy without data and a malformed redirect are reported, and a repair
 // leaves them (and the upper) alone.
 func TestCheckUnfixable(t *testing.T) {
-	lower, upper := layers(t)
+	lower, upper := newLayers(t)
 	write(t, upper+"/gone", "")
 	must(t, os.Truncate(upper+"/gone", 100))
 	setx(t, upper+"/gone", "trusted.overlay.metacopy", "")
@@ -221,7 +221,7 @@ func TestCheckUnfixable(t *testing.T) {
 // TestCheckKernelOverlayUpperClean: an upper written by kernel overlayfs with redirects and metadata-only
 // copies checks clean against its lowers.
 func TestCheckKernelOverlayUpperClean(t *testing.T) {
-	lower, upper := layers(t)
+	lower, upper := newLayers(t)
 	d := filepath.Dir(upper)
 	work, mnt := d+"/work", d+"/mnt"
 	must(t, os.Mkdir(work, 0755))
@@ -252,7 +252,7 @@ rm d2/x; touch d2/x2; mv b b2`
 
 // TestInUse: the upper of a live overlay mount is in use, and a repair refuses it; after the unmount it is not.
 func TestInUse(t *testing.T) {
-	lower, upper := layers(t)
+	lower, upper := newLayers(t)
 	d := filepath.Dir(upper)
 	work, mnt := d+"/work", d+"/mnt"
 	must(t, os.Mkdir(work, 0755))

@@ -3,6 +3,8 @@ package convert
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"syscall"
 
@@ -11,7 +13,7 @@ import (
 	"github.com/ltsp/ltsp-unionfs/internal/inuse"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
 	"github.com/ltsp/ltsp-unionfs/stack"
-	"github.com/ltsp/ltsp-unionfs/tools/check"
+	"github.com/ltsp/ltsp-unionfs/tools/layers"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -66,22 +68,22 @@ func Convert(upper string, opt Options) (*Result, error) {
 		return nil, err
 	}
 	c := &converter{opt: opt, to: f, root: rootfd, aufs: aufs, res: &Result{}, meta: f.MarkerTree()}
-	metas := openMetas(rootfd)
-	var stack *check.Stack
+	metas := layers.OpenMetas(rootfd)
+	var stack *layers.Stack
 	if len(opt.Lowers) > 0 {
-		if c.lowers, err = check.OpenLowers(opt.Lowers); err != nil {
-			closeMetas(metas)
+		if c.lowers, err = layers.OpenLowers(opt.Lowers); err != nil {
+			layers.CloseMetas(metas)
 			return nil, err
 		}
 		defer c.lowers.Close()
 		stack = c.lowers.Root()
 		defer stack.Close()
 	} else if err := c.needsLowers(rootfd, "", metas); err != nil {
-		closeMetas(metas)
+		layers.CloseMetas(metas)
 		return nil, err
 	}
 	if err := c.declare(); err != nil {
-		closeMetas(metas)
+		layers.CloseMetas(metas)
 		return nil, err
 	}
 	if err := c.dir(rootfd, "", stack, metas, false, false); err != nil {
@@ -97,46 +99,14 @@ type converter struct {
 	meta   string // the target's meta directory (unionfs-fuse formats), else ""
 	root   int
 	aufs   bool // aufs markers count in the upper (see Convert)
-	lowers *check.Lowers
+	lowers *layers.Lowers
 	res    *Result
-}
-
-// metaDir is the directory of a unionfs-fuse meta tree for the upper directory being converted.
-type metaDir struct {
-	name string
-	fd   int
-}
-
-func openMetas(rootfd int) []metaDir {
-	var metas []metaDir
-	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
-		if fd, err := sysx.OpenDir(rootfd, name); err == nil {
-			metas = append(metas, metaDir{name: name, fd: fd})
-		}
-	}
-	return metas
-}
-
-func closeMetas(metas []metaDir) {
-	for _, m := range metas {
-		unix.Close(m.fd)
-	}
-}
-
-func subMetas(metas []metaDir, name string) []metaDir {
-	var out []metaDir
-	for _, m := range metas {
-		if fd, err := sysx.OpenDir(m.fd, name); err == nil {
-			out = append(out, metaDir{name: m.name, fd: fd})
-		}
-	}
-	return out
 }
 
 // declare makes the upper declare the target format at its root before any marker is written (see
 // whiteout.Format.Declare).
 func (c *converter) declare() error {
-	defer check.KeepTimes(c.root)()
+	defer layers.KeepTimes(c.root)()
 	if err := c.to.Declare(c.root); err != nil {
 		return fmt.Errorf("declaring the %s format at the upper's root: %w", c.to.Name(), err)
 	}
@@ -146,7 +116,7 @@ func (c *converter) declare() error {
 // finish removes what declared the other formats once no marker of theirs is left: the other meta trees (only
 // empty directories remain in them) and aufs's root entries.
 func (c *converter) finish() error {
-	defer check.KeepTimes(c.root)()
+	defer layers.KeepTimes(c.root)()
 	for _, name := range []string{whiteout.UnionfsMetaDir, whiteout.UnionfsLegacyMetaDir} {
 		if name != c.meta {
 			if err := whiteout.RemoveTree(c.root, name); err != nil {
@@ -157,7 +127,7 @@ func (c *converter) finish() error {
 	if c.to.Name() == "aufs" {
 		return nil
 	}
-	ents, err := check.ReadDir(c.root)
+	ents, err := layers.ReadDir(c.root)
 	if err != nil {
 		return err
 	}
@@ -187,7 +157,7 @@ type upperDir struct {
 }
 
 // read classifies the entries of the upper directory fd (-1: none) and its meta directories.
-func (c *converter) read(fd int, metas []metaDir) (*upperDir, error) {
+func (c *converter) read(fd int, metas []layers.Meta) (*upperDir, error) {
 	u := &upperDir{objs: map[string]unix.Stat_t{}, whiteouts: map[string][]source{}}
 	if fd >= 0 {
 		op, _ := whiteout.DirOpacity(fd, "")
@@ -223,13 +193,13 @@ func (c *converter) read(fd int, metas []metaDir) (*upperDir, error) {
 	}
 	seen := map[string]bool{}
 	for _, m := range metas {
-		mfd := m.fd
+		mfd := m.Fd
 		err := stack.ReadMeta(mfd, func(e *stack.MetaEntry) error {
 			name := e.Name
 			switch {
 			case e.Kind == stack.MetaWhiteout:
 				// A file, or for a directory (unionfs-fuse 1.0) a directory.
-				u.whiteouts[e.Hides] = append(u.whiteouts[e.Hides], source{native: m.name == c.meta,
+				u.whiteouts[e.Hides] = append(u.whiteouts[e.Hides], source{native: m.Tree == c.meta,
 					remove: func() error { return whiteout.RemoveTree(mfd, name) }})
 			case e.Kind == stack.MetaDir && !seen[name]:
 				seen[name] = true
@@ -281,16 +251,16 @@ func joinPath(dir, name string) string {
 // directory takes its lower content from a redirect that the target format cannot express: that content is
 // copied up first. In an opaque directory whiteouts hide nothing and are dropped (kernel overlayfs lists those of
 // a lower layer's opaque directory). It closes fd (unless it is the root) and metas.
-func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, materialise, opaque bool) error {
+func (c *converter) dir(fd int, p string, stack *layers.Stack, metas []layers.Meta, materialise, opaque bool) error {
 	defer func() {
-		closeMetas(metas)
+		layers.CloseMetas(metas)
 		if fd >= 0 && fd != c.root {
 			unix.Close(fd)
 		}
 	}()
 	fail := func(err error) error { return fmt.Errorf("/%s: %w", p, err) }
 	if fd >= 0 {
-		defer check.KeepTimes(fd)()
+		defer layers.KeepTimes(fd)()
 	}
 	u, err := c.read(fd, metas)
 	if err != nil {
@@ -303,12 +273,7 @@ func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, m
 	}
 	d := whiteout.Dir{Fd: fd, Path: p, Root: c.root}
 	// Whiteouts of names the upper layer does not have: write the target's marker, then drop the others.
-	hidden := make([]string, 0, len(u.whiteouts))
-	for name := range u.whiteouts {
-		hidden = append(hidden, name)
-	}
-	sort.Strings(hidden)
-	for _, name := range hidden {
+	for _, name := range slices.Sorted(maps.Keys(u.whiteouts)) {
 		srcs := u.whiteouts[name]
 		if _, ok := u.objs[name]; ok {
 			continue // beside an upper object: an opaque marker (directories) or redundant; see below
@@ -367,18 +332,18 @@ func (c *converter) dir(fd int, p string, stack *check.Stack, metas []metaDir, m
 
 // nonDir converts the upper non-directory name in fd: a metadata-only copy gets its data unless the target is
 // overlay; a marker of a format beside it is redundant and goes.
-func (c *converter) nonDir(fd int, p, name string, st *unix.Stat_t, stack *check.Stack, beside []source) error {
+func (c *converter) nonDir(fd int, p, name string, st *unix.Stat_t, stack *layers.Stack, beside []source) error {
 	if err := c.removeForeign(beside); err != nil {
 		return err
 	}
-	if c.to.Name() == "overlay" || st.Mode&unix.S_IFMT != unix.S_IFREG || !check.IsMetacopy(fd, name) {
+	if c.to.Name() == "overlay" || st.Mode&unix.S_IFMT != unix.S_IFREG || !layers.IsMetacopy(fd, name) {
 		return nil
 	}
 	return c.fill(fd, joinPath(p, name), name, st, stack)
 }
 
 // child converts the upper directory name in d and its opacity.
-func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas []metaDir, beside []source,
+func (c *converter) child(d whiteout.Dir, name string, stack *layers.Stack, metas []layers.Meta, beside []source,
 	materialise bool) error {
 	p := joinPath(d.Path, name)
 	op, _ := whiteout.DirOpacity(d.Fd, name)
@@ -389,11 +354,11 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	}
 	valid := redirect != "" && whiteout.ValidRedirect(redirect)
 	own := valid && !c.to.Redirects()
-	var sub *check.Stack
+	var sub *layers.Stack
 	switch {
 	case stack == nil:
 	case opaque:
-		sub = &check.Stack{}
+		sub = &layers.Stack{}
 	default:
 		sub = stack.Below(name, redirect)
 	}
@@ -406,7 +371,7 @@ func (c *converter) child(d whiteout.Dir, name string, stack *check.Stack, metas
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
 	}
-	if err := c.dir(fd, p, sub, subMetas(metas, name), materialise || own, opaque); err != nil {
+	if err := c.dir(fd, p, sub, layers.SubMetas(metas, name), materialise || own, opaque); err != nil {
 		return err
 	}
 	if err := c.setOpacity(d, name, opaque || materialise || own, own, beside); err != nil {
@@ -429,7 +394,7 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		return fail(err)
 	}
 	defer unix.Close(sub)
-	defer check.KeepTimes(sub)() // aufs's marker lives inside the directory
+	defer layers.KeepTimes(sub)() // aufs's marker lives inside the directory
 	if want && !c.nativeOpaque(d, name, sub, beside) {
 		if err := c.to.MarkOpaque(d, name, d, name); err != nil {
 			return fail(fmt.Errorf("marking opaque: %w", err))
@@ -437,7 +402,7 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		c.res.Markers++
 	}
 	if c.to.Name() != "overlay" && stack.HasMark(d.Fd, name, whiteout.OpaqueXattrs) {
-		if err := check.RemoveXattrs(d.Fd, name, whiteout.OpaqueXattrs); err != nil {
+		if err := layers.RemoveXattrs(d.Fd, name, whiteout.OpaqueXattrs); err != nil {
 			return fail(err)
 		}
 		c.res.Removed++
@@ -453,7 +418,7 @@ func (c *converter) setOpacity(d whiteout.Dir, name string, want, dropRedirect b
 		return fail(err)
 	}
 	if dropRedirect {
-		if err := check.RemoveXattrs(d.Fd, name, whiteout.RedirectXattrs); err != nil {
+		if err := layers.RemoveXattrs(d.Fd, name, whiteout.RedirectXattrs); err != nil {
 			return fail(err)
 		}
 	}
@@ -474,10 +439,10 @@ func (c *converter) nativeOpaque(d whiteout.Dir, name string, sub int, beside []
 }
 
 // removeForeignMeta removes the subtrees called name of the meta trees of formats other than the target.
-func (c *converter) removeForeignMeta(metas []metaDir, name string) error {
+func (c *converter) removeForeignMeta(metas []layers.Meta, name string) error {
 	for _, m := range metas {
-		if m.name != c.meta {
-			if err := whiteout.RemoveTree(m.fd, name); err != nil {
+		if m.Tree != c.meta {
+			if err := whiteout.RemoveTree(m.Fd, name); err != nil {
 				return err
 			}
 		}
@@ -488,15 +453,15 @@ func (c *converter) removeForeignMeta(metas []metaDir, name string) error {
 // metaOnly converts the markers below the directory name of d that only the meta trees have: the upper layer
 // has no such directory. The unionfs-fuse formats need none; the others get a copy of the lower directory to
 // hold their markers, or, if no lower layer has it, the markers hide nothing and go.
-func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, metas []metaDir) error {
+func (c *converter) metaOnly(d whiteout.Dir, name string, stack *layers.Stack, metas []layers.Meta) error {
 	p := joinPath(d.Path, name)
-	var sub *check.Stack
+	var sub *layers.Stack
 	if stack != nil {
 		sub = stack.Child(name)
 		defer sub.Close()
 	}
 	if c.meta != "" {
-		return c.dir(-1, p, sub, subMetas(metas, name), false, false)
+		return c.dir(-1, p, sub, layers.SubMetas(metas, name), false, false)
 	}
 	if !hasMarkers(metas, name) {
 		return nil // empty meta directories: finish removes them
@@ -507,7 +472,7 @@ func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, me
 	e, ok := stack.Lookup(name)
 	if !ok || !e.IsDir() {
 		for _, m := range metas {
-			if err := whiteout.RemoveTree(m.fd, name); err != nil {
+			if err := whiteout.RemoveTree(m.Fd, name); err != nil {
 				return fmt.Errorf("/%s: %w", p, err)
 			}
 		}
@@ -520,5 +485,5 @@ func (c *converter) metaOnly(d whiteout.Dir, name string, stack *check.Stack, me
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
 	}
-	return c.dir(fd, p, sub, subMetas(metas, name), false, false)
+	return c.dir(fd, p, sub, layers.SubMetas(metas, name), false, false)
 }

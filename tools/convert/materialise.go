@@ -9,7 +9,7 @@ import (
 
 	"github.com/ltsp/ltsp-unionfs/cow"
 	"github.com/ltsp/ltsp-unionfs/internal/sysx"
-	"github.com/ltsp/ltsp-unionfs/tools/check"
+	"github.com/ltsp/ltsp-unionfs/tools/layers"
 	"github.com/ltsp/ltsp-unionfs/whiteout"
 )
 
@@ -17,7 +17,7 @@ import (
 // neither has nor hides: the directory's content is then all in the upper layer, and it can be made opaque
 // and lose its redirect without any change of the merged view. Copied directories are filled the same way when
 // the walk reaches them.
-func (c *converter) copyUpMissing(fd int, u *upperDir, stack *check.Stack) error {
+func (c *converter) copyUpMissing(fd int, u *upperDir, stack *layers.Stack) error {
 	names, err := stack.Names()
 	if err != nil {
 		return err
@@ -52,7 +52,7 @@ func (c *converter) copyUpMissing(fd int, u *upperDir, stack *check.Stack) error
 }
 
 // copyUp copies the lower object e into the upper directory fd under its own name, atomically (package cow).
-func (c *converter) copyUp(fd int, e check.Entry) error {
+func (c *converter) copyUp(fd int, e layers.Entry) error {
 	s, err := cow.Build(cow.Source{Dirfd: e.Dirfd, Name: e.Name, Stat: e.Stat}, fd,
 		cow.Options{Skip: whiteout.IsPrivateXattr})
 	if err != nil {
@@ -70,11 +70,11 @@ func (c *converter) copyUp(fd int, e check.Entry) error {
 // fill replaces the metadata-only copy name in fd (at p) by a complete copy: the data of its lower file, with
 // the upper file's own owner, mode, xattrs (the metacopy and redirect marks excepted) and times. The complete
 // copy is built unnamed and renamed over the old one, so the name never shows anything else.
-func (c *converter) fill(fd int, p, name string, st *unix.Stat_t, stack *check.Stack) error {
+func (c *converter) fill(fd int, p, name string, st *unix.Stat_t, stack *layers.Stack) error {
 	if stack == nil {
 		return &NeedLowersError{Path: "/" + p, Reason: "a metadata-only copy, whose data only the lower layers hold"}
 	}
-	data, release, ok := check.MetacopyData(c.lowers, fd, name, stack)
+	data, release, ok := layers.MetacopyData(c.lowers, fd, name, stack)
 	defer release()
 	if !ok {
 		return fmt.Errorf("/%s: the data of this metadata-only copy is gone from the lower layers (see ltsp-unionfs check)", p)
@@ -102,7 +102,7 @@ func (c *converter) fill(fd int, p, name string, st *unix.Stat_t, stack *check.S
 
 // fillStaged gives the staged file s the data of the lower file data and the metadata of the upper file name in
 // fd, in package cow's order: data, owner, xattrs, mode, times.
-func (c *converter) fillStaged(s *cow.Staged, fd int, name string, st *unix.Stat_t, data check.Entry) error {
+func (c *converter) fillStaged(s *cow.Staged, fd int, name string, st *unix.Stat_t, data layers.Entry) error {
 	if err := cow.CopyData(cow.Source{Dirfd: data.Dirfd, Name: data.Name, Stat: data.Stat}, s.Fd); err != nil {
 		return err
 	}
@@ -151,7 +151,7 @@ func isUnsupported(err error) bool {
 // needsLowers walks the upper directory fd at p before anything is changed and returns a *NeedLowersError for
 // the first object the target format cannot express without the lower layers: a redirect, a metadata-only copy,
 // or unionfs-fuse whiteouts below a directory the upper layer does not have.
-func (c *converter) needsLowers(fd int, p string, metas []metaDir) error {
+func (c *converter) needsLowers(fd int, p string, metas []layers.Meta) error {
 	u, err := c.readQuiet(fd, metas)
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
@@ -161,7 +161,7 @@ func (c *converter) needsLowers(fd int, p string, metas []metaDir) error {
 		cp := joinPath(p, name)
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
-			if c.to.Name() != "overlay" && check.IsMetacopy(fd, name) {
+			if c.to.Name() != "overlay" && layers.IsMetacopy(fd, name) {
 				return &NeedLowersError{Path: "/" + cp, Reason: "a metadata-only copy, whose data only the lower layers hold"}
 			}
 		case unix.S_IFDIR:
@@ -175,9 +175,9 @@ func (c *converter) needsLowers(fd int, p string, metas []metaDir) error {
 			if err != nil {
 				return fmt.Errorf("/%s: %w", cp, err)
 			}
-			sm := subMetas(metas, name)
+			sm := layers.SubMetas(metas, name)
 			err = c.needsLowers(sub, cp, sm)
-			closeMetas(sm)
+			layers.CloseMetas(sm)
 			unix.Close(sub)
 			if err != nil {
 				return err
@@ -200,7 +200,7 @@ func (c *converter) needsLowers(fd int, p string, metas []metaDir) error {
 }
 
 // readQuiet is read without counting or reporting progress.
-func (c *converter) readQuiet(fd int, metas []metaDir) (*upperDir, error) {
+func (c *converter) readQuiet(fd int, metas []layers.Meta) (*upperDir, error) {
 	saved, progress := c.res.Objects, c.opt.Progress
 	c.opt.Progress = nil
 	defer func() { c.res.Objects, c.opt.Progress = saved, progress }()
@@ -208,9 +208,9 @@ func (c *converter) readQuiet(fd int, metas []metaDir) (*upperDir, error) {
 }
 
 // hasMarkers reports whether the meta subtrees called name in metas hold any marker.
-func hasMarkers(metas []metaDir, name string) bool {
+func hasMarkers(metas []layers.Meta, name string) bool {
 	for _, m := range metas {
-		fd, err := sysx.OpenDir(m.fd, name)
+		fd, err := sysx.OpenDir(m.Fd, name)
 		if err != nil {
 			continue
 		}
@@ -224,7 +224,7 @@ func hasMarkers(metas []metaDir, name string) bool {
 }
 
 func treeHasFile(fd int) bool {
-	ents, err := check.ReadDir(fd)
+	ents, err := layers.ReadDir(fd)
 	if err != nil {
 		return true // unreadable: assume the worst
 	}
@@ -261,9 +261,9 @@ func (c *converter) dropWhiteouts(parent int, p, name string) error {
 		return fmt.Errorf("/%s: %w", p, err)
 	}
 	defer unix.Close(fd)
-	defer check.KeepTimes(fd)()
+	defer layers.KeepTimes(fd)()
 	metas := metasAt(c.root, p)
-	defer closeMetas(metas)
+	defer layers.CloseMetas(metas)
 	u, err := c.readQuiet(fd, metas)
 	if err != nil {
 		return fmt.Errorf("/%s: %w", p, err)
@@ -290,14 +290,14 @@ func (c *converter) dropWhiteouts(parent int, p, name string) error {
 }
 
 // metasAt opens the meta directories of every unionfs-fuse meta tree at the relative path p.
-func metasAt(root int, p string) []metaDir {
-	metas := openMetas(root)
+func metasAt(root int, p string) []layers.Meta {
+	metas := layers.OpenMetas(root)
 	if p == "" {
 		return metas
 	}
 	for _, comp := range strings.Split(p, "/") {
-		next := subMetas(metas, comp)
-		closeMetas(metas)
+		next := layers.SubMetas(metas, comp)
+		layers.CloseMetas(metas)
 		metas = next
 	}
 	return metas

@@ -1,4 +1,4 @@
-package check
+package layers
 
 import (
 	"errors"
@@ -36,7 +36,7 @@ func (l *Lowers) Close() { l.t.Close() }
 type Stack struct {
 	t    *stack.Tree
 	d    stack.Dirs
-	held []*stack.Result // lookups whose entries are still in use
+	held []*stack.Result // lookups that opened descriptors their entries may use
 }
 
 // Root returns the stack of the layer roots.
@@ -86,7 +86,9 @@ func (s *Stack) Lookup(name string) (Entry, bool) {
 		res.Close()
 		return Entry{}, false
 	}
-	s.held = append(s.held, res)
+	if res.OwnsDescriptors() {
+		s.held = append(s.held, res) // the entry's Dirfd is one of them
+	}
 	return entryOf(res), true
 }
 
@@ -160,19 +162,14 @@ func IsMetacopy(dirfd int, name string) bool {
 	return stack.HasMark(dirfd, name, whiteout.MetacopyXattrs)
 }
 
-// removeXattrs removes attrs from name in dirfd; missing ones are not an error.
-func removeXattrs(dirfd int, name string, attrs []string) error {
+// RemoveXattrs removes attrs from name in dirfd; missing ones are not an error.
+func RemoveXattrs(dirfd int, name string, attrs []string) error {
 	for _, a := range attrs {
 		if err := sysx.Removexattrat(dirfd, name, a); err != nil && !errors.Is(err, syscall.ENODATA) {
 			return err
 		}
 	}
 	return nil
-}
-
-// RemoveXattrs removes attrs from name in dirfd; missing ones are not an error.
-func RemoveXattrs(dirfd int, name string, attrs []string) error {
-	return removeXattrs(dirfd, name, attrs)
 }
 
 // KeepTimes records the access and modification times of the directory dirfd and returns the function that
