@@ -10,13 +10,17 @@ func (rd *Reader) List(v View, fn func(li int, e *Entry) error) error {
 		d := v.Dir(li)
 		var hides []string // names this layer whites out for the layers below, with markers beside them
 		if d.Meta >= 0 {
-			// A marker directory that cannot be read hides nothing, as in Lookup, which finds no marker in it.
-			ReadMeta(d.Meta, func(e *MetaEntry) error {
+			// A marker directory that cannot be read is an error, as in Lookup: the listing would show what the
+			// user deleted.
+			err := ReadMeta(d.Meta, func(e *MetaEntry) error {
 				if e.Kind == MetaWhiteout {
 					hides = append(hides, e.Hides)
 				}
 				return nil
 			})
+			if err != nil {
+				return &Error{Layer: li, Op: "reading the unionfs-fuse whiteouts of", Name: ".", Err: err}
+			}
 		}
 		if d.Fd >= 0 {
 			if rd.Listed != nil {

@@ -176,9 +176,13 @@ func (rd *Reader) lookup(v View, name string, absPath []string, res *Result) err
 			dirfd, pdOpacity, meta = d.Fd, d.Opacity, d.Meta
 			if dirfd < 0 {
 				// The layer has no such directory, but its marker tree may white the name out.
-				if target == name && hiddenByMeta(meta, target) {
-					res.Whiteout = li
-					break
+				if target == name {
+					if hidden, err := markedHidden(li, false, -1, meta, target); err != nil {
+						return err
+					} else if hidden {
+						res.Whiteout = li
+						break
+					}
 				}
 				continue
 			}
@@ -190,7 +194,9 @@ func (rd *Reader) lookup(v View, name string, absPath []string, res *Result) err
 		p := Object{Layer: li, Dirfd: dirfd, Name: target}
 		err := sysx.Fstatat(dirfd, target, &p.Stat)
 		if err == syscall.ENOENT || err == syscall.ENOTDIR {
-			if l.Aufs && whiteout.HasAufsWhiteout(dirfd, target) || hiddenByMeta(meta, target) {
+			if hidden, err := markedHidden(li, l.Aufs, dirfd, meta, target); err != nil {
+				return err
+			} else if hidden {
 				res.Whiteout = li
 				break
 			}
@@ -241,8 +247,13 @@ func (rd *Reader) lookup(v View, name string, absPath []string, res *Result) err
 				if err != nil && err != syscall.EXDEV {
 					return &Error{Layer: li, Op: "reading opacity of", Name: target, Err: err}
 				}
-				if op != whiteout.Opaque && (l.Aufs && whiteout.HasAufsWhiteout(dirfd, target) || hiddenByMeta(meta, target)) {
-					op = whiteout.Opaque // aufs and unionfs-fuse: a marker beside a directory makes it opaque
+				if op != whiteout.Opaque {
+					// aufs and unionfs-fuse: a marker beside a directory makes it opaque
+					if marked, err := markedHidden(li, l.Aufs, dirfd, meta, target); err != nil {
+						return err
+					} else if marked {
+						op = whiteout.Opaque
+					}
 				}
 				p.Opacity = op
 			}
@@ -282,13 +293,28 @@ func hasBelow(v View, li, last int) bool {
 	return false
 }
 
-// hiddenByMeta reports whether the unionfs-fuse marker directory meta (-1 for none) whites name out.
-func hiddenByMeta(meta int, name string) bool {
-	if meta < 0 || len(name)+len(whiteout.UnionfsHiddenSuffix) > 255 {
-		return false
+// markedHidden reports whether layer li whites name out with a marker: an aufs ".wh." file in its directory dirfd
+// (only where the layer declares aufs) or a unionfs-fuse marker in its meta directory meta (-1 for none). A marker
+// that cannot be read is an *Error: a guess of "absent" would show what the user deleted.
+func markedHidden(li int, aufs bool, dirfd, meta int, name string) (bool, error) {
+	if aufs && dirfd >= 0 {
+		if hidden, err := whiteout.HasAufsWhiteout(dirfd, name); err != nil || hidden {
+			return hidden, errorIf(err, li, "reading the aufs whiteout of", name)
+		}
 	}
-	var st unix.Stat_t
-	return sysx.Fstatat(meta, name+whiteout.UnionfsHiddenSuffix, &st) == nil
+	if meta >= 0 {
+		hidden, err := whiteout.HasUnionfsWhiteout(meta, name)
+		return hidden, errorIf(err, li, "reading the unionfs-fuse whiteout of", name)
+	}
+	return false, nil
+}
+
+// errorIf returns nil for a nil err, else err as an *Error of layer li.
+func errorIf(err error, li int, op, name string) error {
+	if err == nil {
+		return nil
+	}
+	return &Error{Layer: li, Op: op, Name: name, Err: err}
 }
 
 // walk opens the directory at the path comps from the root of layer li, remembering the descriptor in res; ok is

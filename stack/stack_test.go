@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -212,5 +213,62 @@ func TestReadDirClassifies(t *testing.T) {
 	}
 	if g, w := got(DirContext{Aufs: true, AtRoot: true, Opacity: whiteout.Xwhiteouts}), ".unionfs:H .wh..wh..opq:H .wh..wh.ltsp-tmp.1:T .wh.hidden:Ahidden plain:S wo:Wwo xw:Wxw"; g != w {
 		t.Errorf("aufs root with xwhiteouts:\n got %s\nwant %s", g, w)
+	}
+}
+
+// views is a View given as its layer directories.
+type views []Dir
+
+func (v views) Dir(li int) Dir { return v[li] }
+
+// TestUnreadableMarkersAreErrors gives a layer a marker directory and a layer directory that cannot be read (a
+// regular file's descriptor stands in for them): Lookup and List must report an *Error of that layer, not treat
+// the markers as absent, which would show what the user deleted.
+func TestUnreadableMarkersAreErrors(t *testing.T) {
+	d := t.TempDir()
+	upper, lower := filepath.Join(d, "upper"), filepath.Join(d, "lower")
+	layerTree(t, upper, []string{"dir/"}, nil)
+	layerTree(t, lower, []string{"dir/gone", "dir/kept", "notadir"}, nil)
+	open := func(p string) int {
+		fd, err := unix.Open(p, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	rd := ToolReader(nil)
+	rd.Layers = []Layer{{Root: open(upper)}, {Root: open(lower)}}
+	upDir, lowDir, file := open(filepath.Join(upper, "dir")), open(filepath.Join(lower, "dir")), open(filepath.Join(lower, "notadir"))
+
+	wantLayerError := func(what string, err error, layer int) {
+		t.Helper()
+		var e *Error
+		if !errors.As(err, &e) || e.Layer != layer {
+			t.Errorf("%s: %v (%T), want a *stack.Error of layer %d", what, err, err, layer)
+		}
+	}
+	badMeta := views{{Fd: upDir, Meta: file}, {Fd: lowDir, Meta: -1}}
+	var res Result
+	defer res.Close()
+	wantLayerError("Lookup with an unreadable marker directory", rd.Lookup(badMeta, "gone", &res), 0)
+	noUpper := views{{Fd: -1, Meta: file}, {Fd: lowDir, Meta: -1}}
+	wantLayerError("Lookup with only an unreadable marker directory", rd.Lookup(noUpper, "gone", &res), 0)
+	list := func(v View) error { return rd.List(v, func(int, *Entry) error { return nil }) }
+	wantLayerError("List with an unreadable marker directory", list(badMeta), 0)
+	wantLayerError("List with an unreadable lower directory", list(views{{Fd: upDir, Meta: -1}, {Fd: file, Meta: -1}}), 1)
+
+	// The same views with readable directories: no error, and the listing is the lower's.
+	good := views{{Fd: upDir, Meta: -1}, {Fd: lowDir, Meta: -1}}
+	if err := rd.Lookup(good, "gone", &res); err != nil || !res.Exists() {
+		t.Errorf("Lookup of gone in readable directories: exists %v, %v", res.Exists(), err)
+	}
+	var names []string
+	if err := rd.List(good, func(_ int, e *Entry) error { names = append(names, e.Name); return nil }); err != nil {
+		t.Errorf("List of readable directories: %v", err)
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "gone,kept" {
+		t.Errorf("List of readable directories = %v", names)
 	}
 }

@@ -117,12 +117,35 @@ func DirOpacity(dirfd int, name string) (Opacity, error) {
 }
 
 // HasAufsWhiteout reports whether dirfd holds the aufs whiteout ".wh.NAME" for name.
-func HasAufsWhiteout(dirfd int, name string) bool {
+//
+// A marker that cannot be read is an error, not an absent marker: guessing would show what was deleted.
+func HasAufsWhiteout(dirfd int, name string) (bool, error) {
 	if len(name) > 255-len(AufsPrefix) {
-		return false
+		return false, nil
 	}
+	return hasEntry(dirfd, AufsPrefix+name)
+}
+
+// HasUnionfsWhiteout reports whether the unionfs-fuse meta directory meta holds the marker "NAME_HIDDEN~" for
+// name. A marker that cannot be read is an error, as in HasAufsWhiteout.
+func HasUnionfsWhiteout(meta int, name string) (bool, error) {
+	if len(name)+len(UnionfsHiddenSuffix) > 255 {
+		return false, nil
+	}
+	return hasEntry(meta, name+UnionfsHiddenSuffix)
+}
+
+// hasEntry reports whether dirfd has an entry called name.
+func hasEntry(dirfd int, name string) (bool, error) {
 	var st unix.Stat_t
-	return sysx.Fstatat(dirfd, AufsPrefix+name, &st) == nil
+	switch err := sysx.Fstatat(dirfd, name, &st); err {
+	case nil:
+		return true, nil
+	case syscall.ENOENT:
+		return false, nil
+	default:
+		return false, err
+	}
 }
 
 // IsXwhiteout reports whether the entry name in dirfd, described by st, is an overlay xwhiteout. Only directories
