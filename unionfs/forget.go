@@ -13,7 +13,8 @@ import (
 const forgetGrace = 2 * time.Second
 
 // OnForget is called when the kernel has forgotten the node. Its descriptors are closed after forgetGrace, if
-// the node is still forgotten then.
+// the node is still forgotten then; only the descriptor of an upper object that has no name left goes at once
+// (closeNameless), since no lookup can find the node again through it.
 //
 // Why not at once: go-fuse calls OnForget after it has dropped the node's registration, outside its locks. A
 // LOOKUP that found the node just before (as the parent's child, or by its identity in NewInode) registers it
