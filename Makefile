@@ -4,6 +4,8 @@
 #   make demo       build, then mount a union over a sample tree and show what it does
 #   make test       the full gate: gofmt, go vet, staticcheck, go test -race (root and /dev/fuse for all of it)
 #   make install    install the binary, the mount(8) helper link, man pages, completions and the dracut module
+#   make deb        build the Debian source and binary packages into $(BUILDDIR)/deb and run lintian on them
+#   make rpm        build the RPM source and binary packages into $(BUILDDIR)/rpm (rpmbuild)
 #   make docs       generate the man pages and shell completions into $(BUILDDIR)
 #   make fuzz       run every go test -fuzz target for $(FUZZTIME) each (CI runs only their seed corpora)
 #   make bench      run the benchmark against overlayfs and the FUSE peers (root; see benchmarks/RESULTS.md)
@@ -35,7 +37,7 @@ export CGO_ENABLED = 0
 LDFLAGS = -s -w -X main.version=$(VERSION)
 
 .PHONY: all build demo test vet staticcheck fmt-check gotest install clean bench bench-quick bench-deps
-.PHONY: docs fuzz stress vm-test vm-test-deps
+.PHONY: docs fuzz stress vm-test vm-test-deps deb deb-deps rpm srcdir
 
 all: build docs
 
@@ -108,8 +110,9 @@ vm-test-deps:
 	@missing=$$(for p in $(VMTEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 
-vm-test: vm-test-deps
-	$(GO) run ./vmtest $(VMTESTFLAGS)
+# The guest gets the project from its Debian package, as users do (VMTESTFLAGS=-deb= for make install instead).
+vm-test: vm-test-deps deb
+	$(GO) run ./vmtest -deb $(BUILDDIR)/deb/ltsp-unionfs_$(PKGVERSION)_$(DEB_ARCH).deb $(VMTESTFLAGS)
 
 # The tests CI runs briefly, run long: concurrent stress workers against kernel overlayfs for most of
 # STRESS_TIME, then fsx, the differential fuzzer, the many-clients load test and every go test -fuzz target, then
@@ -139,12 +142,50 @@ install: build docs
 	ln -sf $(PREFIX)/bin/ltsp-unionfs $(DESTDIR)$(SBINDIR)/mount.fuse.ltsp-unionfs
 	install -d $(DESTDIR)$(MANDIR)
 	install -m 0644 $(BUILDDIR)/man/*.8 $(DESTDIR)$(MANDIR)/
+	ln -sf ltsp-unionfs.8 $(DESTDIR)$(MANDIR)/mount.fuse.ltsp-unionfs.8
 	install -D -m 0644 $(BUILDDIR)/completion/ltsp-unionfs.bash $(DESTDIR)$(BASHCOMPDIR)/ltsp-unionfs
 	install -D -m 0644 $(BUILDDIR)/completion/_ltsp-unionfs $(DESTDIR)$(ZSHCOMPDIR)/_ltsp-unionfs
 	install -D -m 0644 $(BUILDDIR)/completion/ltsp-unionfs.fish $(DESTDIR)$(FISHCOMPDIR)/ltsp-unionfs.fish
 	install -d $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs
 	install -m 0755 dracut/90ltsp-unionfs/*.sh $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
 	install -m 0644 dracut/90ltsp-unionfs/*.service $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
+
+# The packages are built from a copy of the files git knows (tracked, and untracked ones it does not ignore), so
+# that local leftovers (binaries, logs) stay out of the source packages; Go's caches are this machine's.
+PKGVERSION = $(shell head -1 debian/changelog | cut -d'(' -f2 | cut -d')' -f1)
+GOCACHES   = GOCACHE=$$($(GO) env GOCACHE) GOMODCACHE=$$($(GO) env GOMODCACHE)
+
+# srcdir copies the tree as git knows it to $(SRCDIR).
+srcdir:
+	rm -rf $(SRCDIR) && mkdir -p $(SRCDIR)
+	git ls-files -z --cached --others --exclude-standard | \
+		while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
+		tar --null -T - -c | tar -x -C $(SRCDIR)
+
+DEB_PKGS = dpkg-dev debhelper lintian fakeroot
+DEB_ARCH = $(shell dpkg --print-architecture 2>/dev/null)
+deb-deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
+
+deb: deb-deps
+	rm -rf $(BUILDDIR)/deb
+	$(MAKE) --no-print-directory srcdir SRCDIR=$(BUILDDIR)/deb/ltsp-unionfs-$(PKGVERSION)
+	cd $(BUILDDIR)/deb/ltsp-unionfs-$(PKGVERSION) && $(GOCACHES) dpkg-buildpackage -us -uc
+	lintian --fail-on error,warning --info $(BUILDDIR)/deb/*.changes
+	@ls -l $(BUILDDIR)/deb/*.deb
+
+rpm:
+	rm -rf $(BUILDDIR)/rpm
+	$(MAKE) --no-print-directory srcdir SRCDIR=$(BUILDDIR)/rpm/ltsp-unionfs-$(PKGVERSION)
+	mkdir -p $(BUILDDIR)/rpm/SOURCES
+	tar -C $(BUILDDIR)/rpm -czf $(BUILDDIR)/rpm/SOURCES/ltsp-unionfs-$(PKGVERSION).tar.gz ltsp-unionfs-$(PKGVERSION)
+	@grep -q '^Version: *$(PKGVERSION)$$' rpm/ltsp-unionfs.spec || \
+		{ echo "rpm/ltsp-unionfs.spec: Version differs from debian/changelog's $(PKGVERSION)" >&2; exit 1; }
+	@# --nodeps where the build dependencies are no RPM packages (building on Debian)
+	$(GOCACHES) rpmbuild -ba $$(rpm -q make >/dev/null 2>&1 || echo --nodeps) \
+		--define "_topdir $(abspath $(BUILDDIR)/rpm)" rpm/ltsp-unionfs.spec
+	@ls -l $(BUILDDIR)/rpm/RPMS/*/*.rpm
 
 clean:
 	rm -f ltsp-unionfs

@@ -18,8 +18,9 @@ import (
 )
 
 // The guest: a Debian root made with debootstrap (the base, cached between runs because it only depends on the
-// recipe below), then per run a copy of it with the project installed by `make install DESTDIR=`, the guest
-// side of the test, and initramfs images built inside it by the guest's own dracut.
+// recipe below), then per run a copy of it with the project installed (from its Debian package with dpkg, as
+// users install it, or by `make install DESTDIR=`), the guest side of the test, and initramfs images built
+// inside it by the guest's own dracut.
 
 // recipe is everything the base image is made from; another recipe makes another cache entry.
 type recipe struct {
@@ -173,9 +174,10 @@ var dracutFlavours = map[string][]string{
 	"nosystemd": {"--omit", "systemd systemd-initrd systemd-networkd dracut-systemd"},
 }
 
-// buildImage makes this run's guest in work from the base: the project installed with `make install` from repo,
-// the guest side of the test, the initramfs images and the squashfs image.
-func buildImage(base, repo, work string, logf func(string, ...any)) (*image, error) {
+// buildImage makes this run's guest in work from the base: the project installed from the Debian package deb, or
+// with `make install` from repo if deb is "", the guest side of the test, the initramfs images and the squashfs
+// image.
+func buildImage(base, repo, deb, work string, logf func(string, ...any)) (*image, error) {
 	start := time.Now()
 	logPath := filepath.Join(work, "image.log")
 	img := &image{tree: filepath.Join(work, "rootfs"), squashfs: filepath.Join(work, "root.squashfs"),
@@ -183,8 +185,7 @@ func buildImage(base, repo, work string, logf func(string, ...any)) (*image, err
 	if err := logStep(logPath, nil, "cp", "-a", "--reflink=auto", base, img.tree); err != nil {
 		return nil, err
 	}
-	logf("image: make install DESTDIR=%s", img.tree)
-	if err := logStep(logPath, nil, "make", "-C", repo, "install", "DESTDIR="+img.tree); err != nil {
+	if err := installProject(img.tree, repo, deb, logPath, logf); err != nil {
 		return nil, err
 	}
 	if err := installGuestFiles(img.tree, work, logPath); err != nil {
@@ -234,6 +235,22 @@ func buildImage(base, repo, work string, logf func(string, ...any)) (*image, err
 	}
 	logf("image: built in %v", time.Since(start).Round(time.Second))
 	return img, nil
+}
+
+// installProject installs the project into the guest tree: with dpkg inside the guest from the package deb, or
+// with `make install` from repo if deb is "".
+func installProject(tree, repo, deb, logPath string, logf func(string, ...any)) error {
+	if deb == "" {
+		logf("image: make install DESTDIR=%s", tree)
+		return logStep(logPath, nil, "make", "-C", repo, "install", "DESTDIR="+tree)
+	}
+	logf("image: dpkg -i %s", filepath.Base(deb))
+	inGuest := "/var/tmp/" + filepath.Base(deb)
+	if err := logStep(logPath, nil, "cp", deb, filepath.Join(tree, inGuest)); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(tree, inGuest))
+	return inChroot(tree, logPath, nil, "dpkg", "-i", inGuest)
 }
 
 // installGuestFiles puts the guest side of the test into the tree: the check script and its unit (enabled), and

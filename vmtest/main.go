@@ -52,6 +52,7 @@ func run() int {
 	work := flag.String("work", "", "directory for this run's image and logs (default: a new one under /var/tmp)")
 	keep := flag.Bool("keep", false, "keep the work directory even when every boot passed")
 	repo := flag.String("repo", ".", "the project's source tree (make install runs there)")
+	deb := flag.String("deb", "", "install the project into the guest from this Debian package instead of make install")
 	wait := flag.Int("wait", 200, "uptime in seconds the union boots reach before their last checks: past "+
 		"systemd's 90 s stop timeout after switch_root")
 	memory := flag.Int("memory", 1536, "guest memory in MiB")
@@ -90,7 +91,10 @@ func run() int {
 	if err != nil {
 		return fail(exitSetup, "base image: "+err.Error())
 	}
-	img, err := buildImage(base, *repo, *work, logf)
+	if *deb != "" {
+		*deb, _ = filepath.Abs(*deb)
+	}
+	img, err := buildImage(base, *repo, *deb, *work, logf)
 	if err != nil {
 		return fail(exitSetup, "image: "+err.Error())
 	}
