@@ -22,14 +22,31 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ltsp/ltsp-unionfs/internal/mountinfo"
 )
 
-// InInitramfs reports whether the process runs in an initramfs: systemd's, dracut's and initramfs-tools' images
-// carry /etc/initrd-release (systemd's INITRD_INTERFACE.md). It is the test systemd's document prescribes for
-// deciding to mark argv[0].
+// InInitramfs reports whether the process runs in an initramfs. systemd's and dracut's images carry
+// /etc/initrd-release (systemd's INITRD_INTERFACE.md), the test systemd's document prescribes for deciding to mark
+// argv[0]; initramfs-tools' images (Debian 12, Ubuntu) do not, so the root filesystem decides too: an initramfs
+// runs on the kernel's rootfs, which nothing runs on after switch_root or run-init. Without /proc the answer is no.
 func InInitramfs() bool {
-	_, err := os.Stat("/etc/initrd-release")
-	return err == nil
+	if _, err := os.Stat("/etc/initrd-release"); err == nil {
+		return true
+	}
+	mounts, err := mountinfo.Read(mountinfo.Self)
+	return err == nil && onRootfs(mounts)
+}
+
+// onRootfs reports whether the topmost mount on "/" in mounts is the kernel's initial rootfs.
+func onRootfs(mounts []mountinfo.Mount) bool {
+	fstype := ""
+	for _, m := range mounts {
+		if m.MountPoint == "/" {
+			fstype = m.FSType // the last one is on top
+		}
+	}
+	return fstype == "rootfs"
 }
 
 // Marked returns argv0 with the leading '@' that systemd's killing sprees spare: the argv[0] to start a daemon

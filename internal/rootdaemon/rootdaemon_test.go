@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ltsp/ltsp-unionfs/internal/mountinfo"
 	"github.com/ltsp/ltsp-unionfs/internal/testutil"
 )
 
@@ -196,4 +197,27 @@ func removeCgroup(t *testing.T, dir string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Errorf("removing the test cgroup %s: %v", dir, err)
+}
+
+// TestOnRootfs tells an initramfs's mount table (the kernel's rootfs on "/", as initramfs-tools leaves it; its
+// images have no /etc/initrd-release) from a booted system's and from a table with a root stacked on rootfs.
+func TestOnRootfs(t *testing.T) {
+	initramfs := "1 1 0:2 / / rw - rootfs none rw,size=744872k\n" +
+		"20 1 0:19 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n" +
+		"23 1 43:0 / /root ro,relatime - squashfs /dev/nbd0 ro\n"
+	booted := "23 1 0:32 / / rw,relatime - fuse.ltsp-unionfs ltsp-unionfs rw,user_id=0,group_id=0\n" +
+		"24 23 0:19 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n"
+	stacked := "1 1 0:2 / / rw - rootfs none rw\n30 1 0:40 / / rw - ext4 /dev/sda1 rw\n"
+	for _, c := range []struct {
+		name, table string
+		want        bool
+	}{{"initramfs", initramfs, true}, {"booted", booted, false}, {"stacked", stacked, false}} {
+		mounts, err := mountinfo.Parse(strings.NewReader(c.table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := onRootfs(mounts); got != c.want {
+			t.Errorf("%s: onRootfs = %v, want %v", c.name, got, c.want)
+		}
+	}
 }
