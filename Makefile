@@ -3,7 +3,8 @@
 #   make            build the static binary ./ltsp-unionfs
 #   make demo       build, then mount a union over a sample tree and show what it does
 #   make test       the full gate: gofmt, go vet, staticcheck, go test -race (root and /dev/fuse for all of it)
-#   make install    install the binary, the mount(8) helper link, man pages, completions and the dracut module
+#   make install    install the binary, the mount(8) helper link, man pages, completions, the dracut module and
+#                   the initramfs-tools hook
 #   make deb        build the Debian source and binary packages into $(BUILDDIR)/deb and run lintian on them
 #   make rpm        build the RPM source and binary packages into $(BUILDDIR)/rpm (rpmbuild)
 #   make docs       generate the man pages and shell completions into $(BUILDDIR)
@@ -19,6 +20,9 @@ GO          ?= go
 PREFIX      ?= /usr
 SBINDIR     ?= /sbin
 DRACUTDIR   ?= /usr/lib/dracut/modules.d
+INITRAMFSDIR ?= /usr/share/initramfs-tools
+# The root script both initramfs generators run (initramfs-tools' hook takes it from here).
+LIBDIR      ?= $(PREFIX)/lib/ltsp-unionfs
 DESTDIR     ?=
 # Generated documentation (man pages, completions) is built here before it is installed.
 BUILDDIR    ?= build
@@ -149,6 +153,12 @@ install: build docs
 	install -d $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs
 	install -m 0755 dracut/90ltsp-unionfs/*.sh $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
 	install -m 0644 dracut/90ltsp-unionfs/*.service $(DESTDIR)$(DRACUTDIR)/90ltsp-unionfs/
+	install -D -m 0755 dracut/90ltsp-unionfs/ltsp-unionfs-root.sh $(DESTDIR)$(LIBDIR)/ltsp-unionfs-root
+	install -D -m 0755 initramfs-tools/hooks/ltsp-unionfs $(DESTDIR)$(INITRAMFSDIR)/hooks/ltsp-unionfs
+	install -D -m 0755 initramfs-tools/scripts/ltsp-unionfs-bottom \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/local-bottom/ltsp-unionfs
+	install -D -m 0755 initramfs-tools/scripts/ltsp-unionfs-bottom \
+		$(DESTDIR)$(INITRAMFSDIR)/scripts/nfs-bottom/ltsp-unionfs
 
 # The packages are built from a copy of the files git knows (tracked, and untracked ones it does not ignore), so
 # that local leftovers (binaries, logs) stay out of the source packages; Go's caches are this machine's.

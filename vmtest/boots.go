@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -11,9 +12,10 @@ type boot struct {
 	name      string
 	about     string
 	transport string // "nbd" (squashfs image over NBD) or "nfs" (the image tree over NFSv4)
-	initrd    string // "systemd" or "nosystemd": the flavour of the dracut image
+	initrd    string // "systemd" or "nosystemd" (the flavour of the dracut image), or initramfsTools
 	mode      string // the guest script's ltsp.vmtest=: union, control or fallback
 	reboot    bool   // the guest ends with a reboot instead of a poweroff (qemu exits either way)
+	onDemand  bool   // run only when named or with "all": it proves nothing the default boots do not
 	args      []string
 }
 
@@ -32,8 +34,11 @@ var allBoots = []boot{
 		initrd: "systemd", mode: modeUnion, reboot: true, args: []string{"rd.ltsp.unionfs=1"}},
 	{name: "nosystemd", about: "union over NBD, initramfs without systemd (pre-pivot hook, util-linux switch_root)",
 		transport: "nbd", initrd: "nosystemd", mode: modeUnion, args: []string{"rd.ltsp.unionfs=1"}},
+	{name: "itools", about: "union over NBD, initramfs-tools image (Debian's; the package's hook, local-bottom)",
+		transport: "nbd", initrd: initramfsTools, mode: modeUnion, args: []string{"rd.ltsp.unionfs=1"}},
+	// The times to compare with; that the harness boots a client without the union, fallback shows too.
 	{name: "control", about: "the same NBD client without the union", transport: "nbd", initrd: "systemd",
-		mode: modeControl},
+		mode: modeControl, onDemand: true},
 	{name: "fallback", about: "the union asked for and made to fail (an unknown option): boots the old way",
 		transport: "nbd", initrd: "systemd", mode: modeFallback,
 		args: []string{"rd.ltsp.unionfs=1", "rd.ltsp.unionfs.opts=no_such_option"}},
@@ -80,7 +85,13 @@ func (b boot) cmdline(s servers, waitUptime int) string {
 		"systemd.default_timeout_start_sec=300"}
 	switch b.transport {
 	case "nbd":
-		args = append(args, fmt.Sprintf("root=nbd:10.0.2.2:%d:squashfs", s.nbdPort))
+		if b.initrd == initramfsTools {
+			// nbd-client's local-top script: host:port/export name (nbdkit serves any name).
+			args = append(args, "root=/dev/nbd0", fmt.Sprintf("nbdroot=10.0.2.2:%d/root", s.nbdPort),
+				"rootfstype=squashfs")
+		} else {
+			args = append(args, fmt.Sprintf("root=nbd:10.0.2.2:%d:squashfs", s.nbdPort))
+		}
 	case "nfs":
 		args = append(args, fmt.Sprintf("root=nfs4:10.0.2.2:%s:port=%d,vers=4.1", s.nfsPath, s.nfsPort))
 	}
@@ -106,10 +117,14 @@ func (b boot) finalLine() string {
 	return "reboot: Power down"
 }
 
-// selectBoots returns the boots named in the comma-separated list, or all of them for "" or "all".
+// selectBoots returns the boots named in the comma-separated list: for "" or "default" those not run on demand
+// only, for "all" every one.
 func selectBoots(list string) ([]boot, error) {
-	if list == "" || list == "all" {
+	switch list {
+	case "all":
 		return allBoots, nil
+	case "", "default":
+		return slices.DeleteFunc(slices.Clone(allBoots), func(b boot) bool { return b.onDemand }), nil
 	}
 	var out []boot
 	for _, name := range strings.Split(list, ",") {

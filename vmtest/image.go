@@ -37,15 +37,17 @@ var baseRecipe = recipe{
 	Mirror: "http://deb.debian.org/debian",
 	Include: []string{"systemd-sysv", "udev", "kmod", "iproute2", "procps", "util-linux", "passwd", "dbus",
 		"ca-certificates"},
+	// initramfs-tools-core (mkinitramfs, without the kernel hooks that would conflict with dracut) and busybox:
+	// the initramfs-tools image, as Debian and Ubuntu clients boot.
 	Packages: []string{"linux-image-amd64", "dracut", "dracut-network", "nbd-client", "nfs-common",
-		"isc-dhcp-client", "fuse3", "zstd"},
+		"isc-dhcp-client", "fuse3", "zstd", "initramfs-tools-core", "busybox"},
 	// Generic images (not host-only: a chroot is not the client), with the network root modules and the network
 	// handler that works with and without systemd in the initramfs. Fast zstd instead of Debian's gzip -9: the
 	// 200 MB image is unpacked at every boot and again by dracut-shutdown at every poweroff, which under TCG
 	// took over a minute with gzip.
 	Dracut: "hostonly=\"no\"\nadd_dracutmodules+=\" network-legacy nbd nfs \"\n" +
 		"compress=\"zstd -q -3 -T0\"\n",
-	Version: 2,
+	Version: 3,
 }
 
 func (r recipe) key() string {
@@ -168,6 +170,9 @@ echo '# the root is mounted by the initramfs' > /etc/fstab`); err != nil {
 }
 
 // dracutFlavours are the initramfs images a run builds, by name: dracut's arguments beyond the module list.
+// initramfsTools names the initramfs-tools image among the initramfs images.
+const initramfsTools = "initramfs-tools"
+
 var dracutFlavours = map[string][]string{
 	"systemd": nil,
 	// Without systemd: dracut's own init runs the pre-pivot hook and util-linux's switch_root.
@@ -183,6 +188,12 @@ func buildImage(base, repo, deb, work string, logf func(string, ...any)) (*image
 	img := &image{tree: filepath.Join(work, "rootfs"), squashfs: filepath.Join(work, "root.squashfs"),
 		initrds: make(map[string]string)}
 	if err := logStep(logPath, nil, "cp", "-a", "--reflink=auto", base, img.tree); err != nil {
+		return nil, err
+	}
+	// The dracut module is asked for in dracut's configuration, the way README's step 1 offers, so that the
+	// package's trigger (dpkg -i runs dracut) builds the guest's own image with it.
+	if err := os.WriteFile(filepath.Join(img.tree, "etc/dracut.conf.d/91-ltsp-unionfs.conf"),
+		[]byte("add_dracutmodules+=\" ltsp-unionfs \"\n"), 0644); err != nil {
 		return nil, err
 	}
 	if err := installProject(img.tree, repo, deb, logPath, logf); err != nil {
@@ -202,12 +213,22 @@ func buildImage(base, repo, deb, work string, logf func(string, ...any)) (*image
 	}
 
 	// The initramfs images, built by the guest's dracut inside the guest, at the same time. The systemd one is
-	// the guest's own /boot/initrd.img-KVER, which dracut-shutdown unpacks to return to at shutdown.
-	logf("image: dracut %s in the guest (kernel %s)", strings.Join(slices.Sorted(maps.Keys(dracutFlavours)), ", "), img.kver)
+	// the guest's own /boot/initrd.img-KVER, which dracut-shutdown unpacks to return to at shutdown; installed
+	// from the package, the package's trigger has just built it (checked: it must be newer than the image build).
+	img.initrds["systemd"] = filepath.Join(img.tree, "/boot/initrd.img-"+img.kver)
+	flavours := slices.Sorted(maps.Keys(dracutFlavours))
+	if deb != "" {
+		if fi, err := os.Stat(img.initrds["systemd"]); err != nil || fi.ModTime().Before(start) {
+			return nil, fmt.Errorf("installing the package did not rebuild /boot/initrd.img-%s (%v)", img.kver, err)
+		}
+		flavours = slices.DeleteFunc(flavours, func(f string) bool { return f == "systemd" })
+	}
+	logf("image: dracut %s and mkinitramfs in the guest (kernel %s)", strings.Join(flavours, ", "), img.kver)
 	var wg sync.WaitGroup
-	errs := make([]error, 0, len(dracutFlavours))
+	errs := make([]error, 0, len(flavours)+1)
 	var mu sync.Mutex
-	for flavour, extra := range dracutFlavours {
+	for _, flavour := range flavours {
+		extra := dracutFlavours[flavour]
 		inImage := "/boot/initrd.img-" + img.kver
 		if flavour != "systemd" {
 			inImage = "/boot/initrd-" + flavour + ".img-" + img.kver
@@ -224,6 +245,21 @@ func buildImage(base, repo, deb, work string, logf func(string, ...any)) (*image
 			mu.Unlock()
 		}()
 	}
+	// The initramfs-tools image, with the package's hook and boot script. The root is a squashfs image, whose
+	// module initramfs-tools does not take by itself (MODULES=most covers block, network and disk filesystems).
+	if err := appendFile(filepath.Join(img.tree, "etc/initramfs-tools/modules"), "squashfs\n"); err != nil {
+		return nil, err
+	}
+	itools := "/boot/initrd-" + initramfsTools + ".img-" + img.kver
+	img.initrds[initramfsTools] = filepath.Join(img.tree, itools)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := inChroot(img.tree, filepath.Join(work, "mkinitramfs.log"), nil, "mkinitramfs", "-o", itools, img.kver)
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}()
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -235,6 +271,19 @@ func buildImage(base, repo, deb, work string, logf func(string, ...any)) (*image
 	}
 	logf("image: built in %v", time.Since(start).Round(time.Second))
 	return img, nil
+}
+
+// appendFile appends text to the file at p, creating it if needed.
+func appendFile(p, text string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // installProject installs the project into the guest tree: with dpkg inside the guest from the package deb, or

@@ -1,26 +1,28 @@
-// Command vmtest is the VM boot test: it boots real diskless clients under qemu with the project's dracut
-// module and checks, from inside each client, that the union is their root filesystem and stays alive through
-// every transition of a systemd machine, up to a clean poweroff.
+// Command vmtest is the VM boot test: it boots real diskless clients under qemu with the project's initramfs
+// support (the dracut module, the initramfs-tools hook) and checks, from inside each client, that the union is
+// their root filesystem and stays alive through every transition of a systemd machine, up to a clean poweroff.
 //
 // A namespace test cannot show what kills a root filesystem daemon on a real machine (systemd stopping the unit
 // that started it after switch_root, mount propagation under systemd's shared mounts, the shutdown's killing
 // spree and return to the initramfs); a boot can. vmtest builds a Debian guest (debootstrap, cached between
-// runs), installs the project into it with `make install DESTDIR=`, builds its initramfs images with its own
-// dracut (with and without systemd), serves its root the two ways LTSP does (a squashfs image over NBD with
-// nbdkit, the image tree over NFSv4 with nfs-ganesha) and boots these clients at the same time:
+// runs), installs the project into it from its Debian package (dpkg -i, whose trigger rebuilds the guest's own
+// dracut image) or with `make install DESTDIR=`, builds its other initramfs images with its own dracut (without
+// systemd) and mkinitramfs (initramfs-tools), serves its root the two ways LTSP does (a squashfs image over NBD
+// with nbdkit, the image tree over NFSv4 with nfs-ganesha) and boots these clients at the same time:
 //
 //	nbd        the union over the NBD image, systemd initramfs
 //	nfs        the union over the NFS root, systemd initramfs
 //	nosystemd  the union over NBD, initramfs without systemd (dracut's hooks, util-linux switch_root)
-//	control    the NBD client without the union (the times to compare with)
+//	itools     the union over NBD, initramfs-tools image (local-bottom script, run-init)
 //	fallback   the union asked for and made to fail: the client must boot the old way, with a warning
+//	control    on demand only (--boots control or all): the NBD client without the union, for its times
 //
 // The guest side (vmtest/guest) reports each check on the second serial port and powers off; the host judges
 // the reports, the console and the poweroff time, prints the boot and poweroff times, and exits 0 only if every
 // boot passed. Needs root, qemu-system-x86, nbdkit, nfs-ganesha(-vfs), debootstrap, squashfs-tools and network
 // access to the Debian archive for the first build (`make vm-test` installs the tools).
 //
-//	go run ./vmtest [--boots nbd,nfs,...] [--cache DIR] [--work DIR] [--keep] [--wait SECONDS]
+//	go run ./vmtest [--deb PKG] [--boots nbd,nfs,...|default|all] [--cache DIR] [--work DIR] [--keep] [--wait SECONDS]
 package main
 
 import (
@@ -47,7 +49,8 @@ func main() {
 
 // run is the whole test; it returns the exit code, so that its deferred cleanups (the servers) always run.
 func run() int {
-	bootsFlag := flag.String("boots", "all", "comma-separated boots to run: "+bootNames())
+	bootsFlag := flag.String("boots", "default", "comma-separated boots to run ("+bootNames()+
+		"), or default (all but the on-demand control), or all")
 	cache := flag.String("cache", "/var/cache/ltsp-unionfs-vmtest", "directory for the base image, kept between runs")
 	work := flag.String("work", "", "directory for this run's image and logs (default: a new one under /var/tmp)")
 	keep := flag.Bool("keep", false, "keep the work directory even when every boot passed")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +137,13 @@ func TestCmdline(t *testing.T) {
 	}
 	if _, err := selectBoots("nbd,nosuch"); err == nil || !strings.Contains(err.Error(), "nosuch") {
 		t.Errorf("an unknown boot name: %v", err)
+	}
+	def, _ := selectBoots("default")
+	all, _ := selectBoots("all")
+	if len(all) != len(allBoots) || len(def) != len(allBoots)-1 || slices.ContainsFunc(def, func(b boot) bool {
+		return b.name == "control"
+	}) {
+		t.Errorf("default boots %v, all %v: want all but control, and every boot", def, all)
 	}
 }
 

@@ -18,12 +18,17 @@ import (
 // moduleDir is the dracut module in the source tree.
 var moduleDir = filepath.Join("..", "..", "dracut", "90ltsp-unionfs")
 
+// initramfsToolsDir holds the initramfs-tools hook and boot script, which run the same root script.
+var initramfsToolsDir = filepath.Join("..", "..", "initramfs-tools")
+
 func TestDracutShellcheck(t *testing.T) {
 	testutil.RequireTool(t, "shellcheck", "shellcheck")
 	scripts, _ := filepath.Glob(filepath.Join(moduleDir, "*.sh"))
 	if len(scripts) < 3 {
 		t.Fatalf("found only %v", scripts)
 	}
+	scripts = append(scripts, filepath.Join(initramfsToolsDir, "hooks", "ltsp-unionfs"),
+		filepath.Join(initramfsToolsDir, "scripts", "ltsp-unionfs-bottom"))
 	for _, s := range scripts {
 		shell := "sh"
 		if filepath.Base(s) == "module-setup.sh" {
