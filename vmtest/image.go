@@ -20,7 +20,7 @@ import (
 // The guest: a Debian root made with debootstrap (the base, cached between runs because it only depends on the
 // recipe below), then per run a copy of it with the project installed (from its Debian package with dpkg, as
 // users install it, or by `make install DESTDIR=`), the guest side of the test, and initramfs images built
-// inside it by the guest's own dracut.
+// inside it by the guest's own dracut and mkinitramfs.
 
 // recipe is everything the base image is made from; another recipe makes another cache entry.
 type recipe struct {
@@ -169,10 +169,10 @@ echo '# the root is mounted by the initramfs' > /etc/fstab`); err != nil {
 	return dir, nil
 }
 
-// dracutFlavours are the initramfs images a run builds, by name: dracut's arguments beyond the module list.
 // initramfsTools names the initramfs-tools image among the initramfs images.
 const initramfsTools = "initramfs-tools"
 
+// dracutFlavours are the dracut images a run builds, by name: dracut's arguments beyond the module list.
 var dracutFlavours = map[string][]string{
 	"systemd": nil,
 	// Without systemd: dracut's own init runs the pre-pivot hook and util-linux's switch_root.
