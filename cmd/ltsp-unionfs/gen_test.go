@@ -272,6 +272,13 @@ func TestMakeInstall(t *testing.T) {
 		"usr/share/bash-completion/completions/ltsp-unionfs":    0644,
 		"usr/share/zsh/vendor-completions/_ltsp-unionfs":        0644,
 		"usr/share/fish/vendor_completions.d/ltsp-unionfs.fish": 0644,
+		"usr/share/man/man8/mount.fuse.ltsp-unionfs.8":          os.ModeSymlink,
+		// initramfs-tools: the hook, the boot script twice, and the root script the hook takes (the dracut
+		// module's, installed once more outside dracut's tree).
+		"usr/share/initramfs-tools/hooks/ltsp-unionfs":                0755,
+		"usr/share/initramfs-tools/scripts/local-bottom/ltsp-unionfs": 0755,
+		"usr/share/initramfs-tools/scripts/nfs-bottom/ltsp-unionfs":   0755,
+		"usr/lib/ltsp-unionfs/ltsp-unionfs-root":                      0755,
 	}
 	for _, c := range manCommands(newRootCommand(nil)) {
 		want["usr/share/man/man8/"+manPageName(c)] = 0644
@@ -310,6 +317,9 @@ func TestMakeInstall(t *testing.T) {
 		if _, ok := want[p]; !ok {
 			t.Errorf("make install installed the unexpected %s", p)
 		}
+	}
+	if l, _ := os.Readlink(filepath.Join(dest, "usr/share/man/man8/mount.fuse.ltsp-unionfs.8")); l != "ltsp-unionfs.8" {
+		t.Errorf("the helper's man page links to %q", l)
 	}
 	if l, _ := os.Readlink(filepath.Join(dest, "sbin/mount.fuse.ltsp-unionfs")); l != "/usr/bin/ltsp-unionfs" {
 		t.Errorf("the helper link points to %q", l)
