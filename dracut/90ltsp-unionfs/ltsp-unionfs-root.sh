@@ -57,6 +57,9 @@ if [ "$(fstype "$newroot")" = fuse.ltsp-unionfs ]; then
     exit 0
 fi
 
+# /dev/fuse appears with the module; an initramfs-tools image may not have loaded it yet (dracut's has).
+modprobe -q fuse 2> /dev/null
+
 size=$(arg rd.ltsp.unionfs.size)
 size=${size:-50%}
 opts=$(arg rd.ltsp.unionfs.opts)

@@ -14,8 +14,7 @@ import (
 // Lowers are the read-only layers below an upper layer, topmost first, read the way the union reads them (package
 // stack).
 type Lowers struct {
-	t     *stack.Tree
-	Paths []string
+	t *stack.Tree
 }
 
 // OpenLowers opens the lower layers at paths, topmost first. A failure is a *stack.LayerError.
@@ -24,7 +23,7 @@ func OpenLowers(paths []string) (*Lowers, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lowers{t: t, Paths: paths}, nil
+	return &Lowers{t: t}, nil
 }
 
 // Close closes the layers.
